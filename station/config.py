@@ -1,0 +1,165 @@
+"""Typed settings from config.yaml. Unknown keys and bad values fail with the key path and line.
+
+Secrets never live in this file: `read_secret` takes them from systemd credentials
+($CREDENTIALS_DIRECTORY/<name>) or the environment (STATION_<NAME>).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StationSettings(Section):
+    id: str = Field("field-station", pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+class StorageSettings(Section):
+    database: Path = Path("data/station.db")
+
+
+class ModelSettings(Section):
+    path: Path = Path("models/bird_sounds_classification")
+    variant: str = "fp32"  # "fp32" is model.onnx; any other name is model.<variant>.onnx
+    threads: int = Field(2, ge=1, le=64)
+    batch_size: int = Field(8, ge=1, le=256)
+    sensitivity: float = Field(1.0, gt=0.0, le=1.5)  # sigmoid models only (BirdNET)
+
+
+class AudioSettings(Section):
+    device: str | int | None = None  # name (substring) or index; None: system default
+    sample_rate: int = Field(48000, ge=8000, le=384000)
+    channels: int = Field(1, ge=1, le=32)
+    block_seconds: float = Field(0.5, gt=0.0, le=10.0)
+    queue_seconds: float = Field(60.0, gt=0.0, le=3600.0)
+    reconnect_max_seconds: float = Field(30.0, gt=0.0)
+    stall_seconds: float = Field(5.0, gt=0.0)  # no callback for this long = device lost
+
+
+class WindowSettings(Section):
+    window_seconds: float | None = Field(None, gt=0.0)  # None: the model's own
+    hop_seconds: float = Field(1.5, gt=0.0)
+    tail_min_seconds: float = Field(1.0, ge=0.0)
+
+
+class DetectionSettings(Section):
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    top_k: int = Field(3, ge=1, le=50)
+    species_thresholds: dict[str, float] = {}
+    include: list[str] = []
+    exclude: list[str] = []
+    merge_gap_seconds: float = Field(0.0, ge=0.0)
+
+    @field_validator("species_thresholds")
+    @classmethod
+    def _thresholds_are_probabilities(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, threshold in value.items():
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold for {name!r} must be between 0 and 1")
+        return value
+
+
+class ReplaySettings(Section):
+    realtime: bool = False
+    watch: bool = False
+    poll_seconds: float = Field(5.0, gt=0.0)
+    extensions: list[str] = [".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aac"]
+    chunk_seconds: float = Field(10.0, gt=0.0)
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    summary_seconds: float = Field(60.0, gt=0.0)
+
+
+class Settings(Section):
+    station: StationSettings = StationSettings()
+    storage: StorageSettings = StorageSettings()
+    model: ModelSettings = ModelSettings()
+    audio: AudioSettings = AudioSettings()
+    windowing: WindowSettings = WindowSettings()
+    detection: DetectionSettings = DetectionSettings()
+    replay: ReplaySettings = ReplaySettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Settings from a YAML file (None: all defaults); relative paths resolve against its folder."""
+    if path is None:
+        return Settings()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path, root)) from None
+    return _resolve_paths(settings, Path(path).parent)
+
+
+def _describe(exc: ValidationError, path: Path, root: yaml.Node | None) -> str:
+    error = exc.errors()[0]
+    key_path = ".".join(str(part) for part in error["loc"])
+    line = _line_of(root, error["loc"])
+    where = f"{path}:{line}" if line else str(path)
+    message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {key_path}: {message}{more}"
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """The 1-based YAML line of the deepest node on `loc` that exists in the file."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _resolve_paths(settings: Settings, base: Path) -> Settings:
+    def resolve(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p)
+
+    return settings.model_copy(
+        update={
+            "storage": settings.storage.model_copy(update={"database": resolve(settings.storage.database)}),
+            "model": settings.model.model_copy(update={"path": resolve(settings.model.path)}),
+        }
+    )
+
+
+def read_secret(name: str) -> str | None:
+    """A secret from systemd credentials or STATION_<NAME>; None when neither has it."""
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        cred = Path(cred_dir) / name
+        if cred.is_file():
+            return cred.read_text(encoding="utf-8").strip()
+    return os.environ.get("STATION_" + name.upper().replace("-", "_"))
