@@ -1,0 +1,159 @@
+"""Live microphone capture that never waits on inference and survives a lost device.
+
+The PortAudio callback only copies the block into a bounded queue; when the queue is
+full the oldest audio is dropped and counted. A device that fails to open, stops
+delivering (`stall_seconds` without a callback) or errors is closed and reopened with
+exponential backoff; each loss and recovery is logged once and counted.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from threading import Event
+from typing import Iterator
+
+import numpy as np
+
+from .errors import DeviceError
+from .types import AudioChunk
+
+log = logging.getLogger(__name__)
+
+
+class DropOldestQueue:
+    """A bounded FIFO of audio blocks: put never blocks, a full queue drops its oldest block."""
+
+    def __init__(self, max_frames: int):
+        self.max_frames = max_frames
+        self._blocks: collections.deque = collections.deque()
+        self._frames = 0
+        self._cond = threading.Condition()
+        self.dropped_frames = 0
+
+    def put(self, block) -> None:
+        with self._cond:
+            self._blocks.append(block)
+            self._frames += len(block[0])
+            while self._frames > self.max_frames and len(self._blocks) > 1:
+                oldest = self._blocks.popleft()
+                self._frames -= len(oldest[0])
+                self.dropped_frames += len(oldest[0])
+            self._cond.notify()
+
+    def get_all(self, timeout: float) -> list:
+        with self._cond:
+            if not self._blocks:
+                self._cond.wait(timeout)
+            blocks = list(self._blocks)
+            self._blocks.clear()
+            self._frames = 0
+            return blocks
+
+
+@dataclass
+class CaptureCounters:
+    overflows: int = 0
+    dropped_seconds: float = 0.0
+    device_losses: int = 0
+
+
+class MicSource:
+    def __init__(self, device: str | int | None, sample_rate: int, channels: int,
+                 block_seconds: float = 0.5, queue_seconds: float = 60.0,
+                 reconnect_max_seconds: float = 30.0, stall_seconds: float = 5.0):
+        self.device = device
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.block_frames = max(1, int(block_seconds * sample_rate))
+        self.queue = DropOldestQueue(int(queue_seconds * sample_rate))
+        self.reconnect_max_seconds = reconnect_max_seconds
+        self.stall_seconds = stall_seconds
+        self.counters = CaptureCounters()
+        self.name = f"mic:{device if device is not None else 'default'}"
+        self._stream = None
+        self._last_callback = 0.0
+        self._status_overflows = 0
+
+    def chunks(self, stop: Event) -> Iterator[AudioChunk]:
+        delay = 1.0
+        while not stop.is_set():
+            try:
+                self._open()
+            except DeviceError as exc:
+                log.warning("%s; retrying in %.0f s", exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, self.reconnect_max_seconds)
+                continue
+            delay = 1.0
+            yield from self._read(stop)
+            self._close_stream()
+            if not stop.is_set():
+                self.counters.device_losses += 1
+                log.error("%s: audio device lost; reopening", self.name)
+
+    def _open(self) -> None:
+        import sounddevice as sd
+
+        try:
+            self._stream = sd.InputStream(
+                device=self.device, samplerate=self.sample_rate, channels=self.channels,
+                dtype="float32", blocksize=self.block_frames, callback=self._callback)
+            self._last_callback = time.monotonic()
+            self._stream.start()
+        except (sd.PortAudioError, ValueError) as exc:
+            self._close_stream()
+            raise DeviceError(f"{self.name}: cannot open input device: {exc}") from None
+        log.info("%s: capturing %d Hz, %d channel(s)", self.name, self.sample_rate, self.channels)
+
+    def _callback(self, indata, frames, time_info, status) -> None:
+        self.queue.put((indata.copy(), time.time()))
+        self._last_callback = time.monotonic()
+        if status.input_overflow:
+            self._status_overflows += 1
+
+    def _read(self, stop: Event) -> Iterator[AudioChunk]:
+        """Chunks from one opened stream; returns when it stops, stalls or `stop` is set."""
+        anchor_time, position, dropped_before = None, 0, self.queue.dropped_frames
+        while not stop.is_set():
+            blocks = self.queue.get_all(timeout=0.5)
+            self.counters.overflows = self._status_overflows
+            dropped = self.queue.dropped_frames - dropped_before
+            if dropped:
+                dropped_before = self.queue.dropped_frames
+                self.counters.dropped_seconds += dropped / self.sample_rate
+                position += dropped  # a gap in the stream: the windower starts afresh after it
+            if blocks:
+                samples = np.concatenate([b[0] for b in blocks])
+                if anchor_time is None:
+                    first_frames = len(blocks[0][0])
+                    anchor_time = datetime.fromtimestamp(blocks[0][1], tz=timezone.utc) \
+                        - timedelta(seconds=first_frames / self.sample_rate)
+                mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+                offset = position / self.sample_rate
+                yield AudioChunk(mono, self.sample_rate, self.name, offset,
+                                 anchor_time + timedelta(seconds=offset))
+                position += len(mono)
+            elif not self._stream_alive():
+                return
+
+    def _stream_alive(self) -> bool:
+        stream = self._stream
+        if stream is None or not stream.active:
+            return False
+        return time.monotonic() - self._last_callback < self.stall_seconds
+
+    def _close_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.abort()
+                stream.close()
+            except Exception as exc:  # a dead device may fail to close; it is gone either way
+                log.debug("closing input stream: %s", exc)
+
+    def close(self) -> None:
+        self._close_stream()
