@@ -1,0 +1,118 @@
+"""Window scores -> detection events.
+
+A species is detected in a window when it is among the window's top-k and its score
+reaches its threshold (per-species, else global) and it passes the include/exclude lists.
+Detections of one species from one source merge into one event while each new window
+starts no later than `merge_gap_seconds` after the event's last window ended. With the
+default 3 s windows and 1.5 s hop, a single missed window therefore does not split an
+event (the next detected window starts exactly where the last one ended).
+
+`push` returns every event it opened, extended or closed, each with a stable id, so the
+store can keep open events durable and mark them closed once final.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence
+
+from .types import Detection, Scores, Species
+
+
+def _key(name: str) -> str:
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
+@dataclass
+class _Event:
+    detection: Detection
+    score_sum: float
+    source: str
+
+
+class SpeciesFilter:
+    """Include/exclude lists and per-species thresholds, matched on any of a species' names."""
+
+    def __init__(self, threshold: float, species_thresholds: dict[str, float],
+                 include: Iterable[str], exclude: Iterable[str]):
+        self.threshold = threshold
+        self.species_thresholds = {_key(k): v for k, v in species_thresholds.items()}
+        self.include = {_key(n) for n in include}
+        self.exclude = {_key(n) for n in exclude}
+
+    @staticmethod
+    def names(species: Species) -> set[str]:
+        return {_key(n) for n in (species.label, species.scientific_name, species.common_name) if n}
+
+    def allows(self, species: Species) -> bool:
+        names = self.names(species)
+        if self.include and not names & self.include:
+            return False
+        return not names & self.exclude
+
+    def threshold_for(self, species: Species) -> float:
+        for name in self.names(species):
+            if name in self.species_thresholds:
+                return self.species_thresholds[name]
+        return self.threshold
+
+
+class Detector:
+    def __init__(self, station: str, model: str, species_filter: SpeciesFilter, top_k: int = 3,
+                 merge_gap_seconds: float = 0.0):
+        self.station = station
+        self.model = model
+        self.filter = species_filter
+        self.top_k = top_k
+        self.merge_gap_seconds = merge_gap_seconds
+        self._open: dict[tuple[str, str], _Event] = {}
+
+    def push(self, scores: Sequence[Scores]) -> list[Detection]:
+        changed: dict[str, Detection] = {}
+        for window_scores in scores:
+            for det in self._close_stale(window_scores):
+                changed[det.id] = det
+            for det in self._detect(window_scores):
+                changed[det.id] = det
+        return list(changed.values())
+
+    def flush(self, source: str | None = None) -> list[Detection]:
+        """Close open events (of one source, or all): end of stream or shutdown."""
+        keys = [k for k in self._open if source is None or k[0] == source]
+        return [self._open.pop(k).detection.closed() for k in keys]
+
+    def _close_stale(self, scores: Scores) -> list[Detection]:
+        w = scores.window
+        stale = [k for k, e in self._open.items()
+                 if e.source != w.source or w.start_offset > e.detection.end_offset + self.merge_gap_seconds]
+        return [self._open.pop(k).detection.closed() for k in stale]
+
+    def _detect(self, scores: Scores) -> list[Detection]:
+        top = scores.top(self.top_k)
+        hits = [(sp, s) for sp, s in top if self.filter.allows(sp) and s >= self.filter.threshold_for(sp)]
+        alternatives = tuple((sp.label, s) for sp, s in top)
+        return [self._extend_or_open(scores, sp, s, alternatives) for sp, s in hits]
+
+    def _extend_or_open(self, scores: Scores, species: Species, score: float,
+                        alternatives: tuple[tuple[str, float], ...]) -> Detection:
+        w = scores.window
+        key = (w.source, species.label)
+        event = self._open.get(key)
+        if event is None:
+            det = Detection(
+                id=uuid.uuid4().hex, station=self.station, source=w.source, model=self.model,
+                species=species, confidence=score, mean_confidence=score, window_count=1,
+                start_time=w.start_time, end_time=w.end_time, start_offset=w.start_offset,
+                end_offset=w.end_offset, alternatives=alternatives)
+            self._open[key] = _Event(det, score, w.source)
+            return det
+        old = event.detection
+        count = old.window_count + 1
+        event.score_sum += score
+        better = score > old.confidence
+        event.detection = replace(
+            old, confidence=max(score, old.confidence), mean_confidence=event.score_sum / count,
+            window_count=count, end_time=max(old.end_time, w.end_time),
+            end_offset=max(old.end_offset, w.end_offset),
+            alternatives=alternatives if better else old.alternatives)
+        return event.detection
