@@ -1,0 +1,229 @@
+"""`station`: a thin command line over the library. Errors are one line and an exit code."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import StationError
+
+log = logging.getLogger("station")
+
+EXIT_INTERRUPTED = 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args) or 0
+    except StationError as exc:
+        print(f"station: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="station", description="Field Station: a continuous bird-sound monitor.")
+    parser.add_argument("--version", action="version", version=f"station {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    run = _command(commands, "run", cmd_run, "listen to the microphone and log detections")
+    _pipeline_options(run)
+    run.add_argument("--device", help="input device name or index (overrides audio.device)")
+
+    replay = _command(commands, "replay", cmd_replay, "run recordings (a file or a folder) through the same pipeline")
+    replay.add_argument("path", type=Path, help="an audio file or a folder of them")
+    _pipeline_options(replay)
+    replay.add_argument("--realtime", action="store_true", help="pace the audio like a live microphone")
+    replay.add_argument("--watch", action="store_true", help="keep watching the folder for new files")
+
+    model = _command(commands, "model", None, "export and inspect model folders")
+    model_commands = model.add_subparsers(title="model commands", metavar="COMMAND")
+    export = _command(model_commands, "export", cmd_model_export,
+                      "export a Hugging Face audio-classification model to ONNX")
+    export.add_argument("source", nargs="?", default=None,
+                        help="hub id or local model directory (default dima806/bird_sounds_classification)")
+    export.add_argument("--out", type=Path, help="model folder to write (default models/<name>)")
+    export.add_argument("--int8", action="store_true", help="also write a MatMul-only dynamic int8 variant")
+    export.add_argument("--window-seconds", type=float, default=3.0, help="window length the model is fed (default 3)")
+    export.add_argument("--name", help="model name in the manifest (default: from the source)")
+    info = _command(model_commands, "info", cmd_model_info, "describe a model folder")
+    info.add_argument("path", nargs="?", type=Path, help="model folder (default model.path from the config)")
+    _config_option(info)
+
+    config = _command(commands, "config", None, "configuration")
+    config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")
+    check = _command(config_commands, "check", cmd_config_check, "validate a config file; non-zero exit if bad")
+    check.add_argument("file", nargs="?", type=Path, help="config file (default: --config / config.yaml)")
+    _config_option(check)
+
+    detections = _command(commands, "detections", cmd_detections, "recent detections as a table")
+    _config_option(detections)
+    detections.add_argument("--db", type=Path, help="database file (overrides storage.database)")
+    detections.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    detections.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    devices = _command(commands, "devices", cmd_devices, "list audio input devices")
+    _config_option(devices)
+    return parser
+
+
+def _command(group, name, handler, help_text):
+    parser = group.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(handler=handler)
+    if handler is None:
+        parser.set_defaults(handler=lambda args, p=parser: (p.print_help(), 2)[1])
+    return parser
+
+
+def _config_option(parser) -> None:
+    parser.add_argument("--config", type=Path, default=None,
+                        help="config file (default: $STATION_CONFIG, else ./config.yaml if present)")
+
+
+def _pipeline_options(parser) -> None:
+    _config_option(parser)
+    parser.add_argument("--model", type=Path, help="model folder (overrides model.path)")
+    parser.add_argument("--db", type=Path, help="database file (overrides storage.database)")
+
+
+def config_path(args) -> Path | None:
+    explicit = getattr(args, "config", None) or os.environ.get("STATION_CONFIG")
+    if explicit:
+        return Path(explicit)
+    return Path("config.yaml") if Path("config.yaml").is_file() else None
+
+
+def settings_for(args) -> Settings:
+    settings = load_settings(config_path(args))
+    updates = {}
+    if getattr(args, "model", None):
+        updates["model"] = settings.model.model_copy(update={"path": args.model})
+    if getattr(args, "db", None):
+        updates["storage"] = settings.storage.model_copy(update={"database": args.db})
+    if getattr(args, "device", None) is not None:
+        device = int(args.device) if args.device.isdigit() else args.device
+        updates["audio"] = settings.audio.model_copy(update={"device": device})
+    for flag in ("realtime", "watch"):
+        if getattr(args, flag, False):
+            updates["replay"] = (updates.get("replay") or settings.replay).model_copy(update={flag: True})
+    settings = settings.model_copy(update=updates)
+    setup_logging(settings.logging.level)
+    return settings
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_run(args) -> int:
+    from .app import build_mic_source, run_pipeline, stop_on_signals
+
+    settings = settings_for(args)
+    with stop_on_signals() as stop:
+        run_pipeline(settings, build_mic_source(settings), "run", stop)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from .app import build_replay_source, run_pipeline, stop_on_signals
+
+    settings = settings_for(args)
+    if not args.path.exists():
+        raise StationError(f"{args.path}: no such file or folder")
+    with stop_on_signals() as stop:
+        counters = run_pipeline(settings, build_replay_source(settings, args.path), "replay", stop)
+    print(f"replayed {counters['audio_seconds']:.1f} s of audio: {counters['windows']} windows, "
+          f"{counters['detections']} detections, {counters.get('files_failed', 0)} file(s) skipped")
+    if counters.get("files_ok", 0) == 0 and counters.get("files_failed", 0) > 0:
+        return 4
+    return EXIT_INTERRUPTED if stop.is_set() else 0
+
+
+def cmd_model_export(args) -> int:
+    from .export import DEFAULT_MODEL, ExportOptions, export_model
+
+    setup_logging("INFO")
+    folder = export_model(ExportOptions(args.source or DEFAULT_MODEL, args.out, args.window_seconds,
+                                        args.int8, args.name))
+    print(f"wrote {folder.path}")
+    return 0
+
+
+def cmd_model_info(args) -> int:
+    from .model_folder import load_folder
+
+    path = args.path or load_settings(config_path(args)).model.path
+    folder = load_folder(path)
+    data = folder.manifest.to_json()
+    data["path"] = str(folder.path)
+    data["label_count"] = len(folder.labels)
+    data["labels_preview"] = [s.name for s in folder.labels[:5]]
+    print(json.dumps(data, indent=2))
+    return 0
+
+
+def cmd_config_check(args) -> int:
+    path = args.file or config_path(args)
+    load_settings(path)
+    print(f"{path or 'built-in defaults'}: ok")
+    return 0
+
+
+def cmd_detections(args) -> int:
+    from .store import Store
+
+    settings = settings_for(args)
+    if not settings.storage.database.exists():
+        raise StationError(f"{settings.storage.database}: no database yet (run or replay first)")
+    store = Store.open(settings.storage.database)
+    try:
+        rows = store.recent(args.limit)
+    finally:
+        store.close()
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(format_table(rows))
+    return 0
+
+
+def cmd_devices(args) -> int:
+    import sounddevice as sd
+
+    for index, device in enumerate(sd.query_devices()):
+        if device["max_input_channels"] > 0:
+            print(f"{index:3d}  {device['name']}  ({device['max_input_channels']} in, "
+                  f"{device['default_samplerate']:.0f} Hz)")
+    return 0
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return "no detections"
+    columns = list(rows[0])
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return "" if value is None else str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
