@@ -88,11 +88,17 @@ def export_model(options: ExportOptions) -> ModelFolder:
 def _optimum_export(source: str, out: Path) -> None:
     from optimum.exporters.onnx import main_export
 
+    if _looks_like_path(source) and not Path(source).is_dir():
+        raise ModelError(f"cannot load {source!r}: no such model directory")
     try:
         main_export(source, out, task="audio-classification")
-    except OSError as exc:
-        raise ModelError(f"cannot load {source!r}: {str(exc).splitlines()[0]} "
-                         "(offline? pass a local model directory)") from None
+    except Exception as exc:  # hub, network and exporter errors come in many types; each is one line here
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"cannot load {source!r}: {first} (offline? pass a local model directory)") from None
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") != 1 or Path(source).exists()
 
 
 def parity_windows(rate: int, seconds: float, count: int = PARITY_WINDOWS) -> np.ndarray:

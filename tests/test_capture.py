@@ -1,0 +1,172 @@
+"""Live capture through a real PulseAudio virtual microphone, and the capture queue."""
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from conftest import write_config
+from station.capture import DropOldestQueue, MicSource
+from station.detection import Detector, SpeciesFilter
+from station.inference import OnnxClassifier
+from station.pipeline import Pipeline
+from station.sources import FileSource
+from station.store import Store
+from station.windowing import Windower
+
+RATE = 16000
+
+
+class RecordingClassifier:
+    """The real classifier, keeping every window it was given."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.sample_rate, self.window_samples, self.model_name = inner.sample_rate, inner.window_samples, inner.model_name
+        self.windows, self.scores = [], []
+
+    def classify(self, windows):
+        scores = self.inner.classify(windows)
+        self.windows += windows
+        self.scores += scores
+        return scores
+
+
+def recording_at_16k(path, seconds: float, out) -> np.ndarray:
+    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    audio = soxr.resample(audio.mean(axis=1)[: int(rate * seconds)], rate, RATE).astype(np.float32)
+    sf.write(out, audio, RATE, subtype="FLOAT")
+    return audio
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_live_capture_yields_the_same_windows_as_replaying_the_file(virtual_mic, tiny_model, gwwa, tmp_path):
+    played = recording_at_16k(gwwa, 10.0, tmp_path / "played.wav")
+    mic = MicSource("pulse", RATE, 1, block_seconds=0.1)
+    classifier = RecordingClassifier(OnnxClassifier.from_path(tiny_model))
+    store = Store.open(tmp_path / "live.db")
+    stop = threading.Event()
+    detector = Detector("st", classifier.model_name, SpeciesFilter(0.3, {}, [], []), 3)
+    pipeline = Pipeline(mic, Windower(RATE, 3.0, 1.5, 1.0), classifier, detector, store,
+                        store.start_run("st", "run", "m"), stop)
+    worker = threading.Thread(target=pipeline.run)
+    worker.start()
+    wait_for(lambda: mic.connected, 10, "the microphone to open")
+    time.sleep(0.3)
+    virtual_mic.play(tmp_path / "played.wav").wait(timeout=60)
+    wait_for(lambda: pipeline.counters.audio_seconds > 0 and classifier.windows
+             and classifier.windows[-1].end_offset > pipeline.counters.audio_seconds - 4
+             and pipeline.counters.audio_seconds * RATE > lead_in(classifier) + len(played) + 3 * RATE,
+             30, "the played audio to be classified")
+    stop.set()
+    worker.join(30)
+    assert not worker.is_alive()
+
+    lead = lead_in(classifier) - int(np.flatnonzero(played)[0])
+    assert lead >= 0
+    replay_wav = tmp_path / "replay.wav"
+    sf.write(replay_wav, np.concatenate([np.zeros(lead, np.float32), played]), RATE, subtype="FLOAT")
+    replay = RecordingClassifier(OnnxClassifier.from_path(tiny_model))
+    replay_windows = Windower(RATE, 3.0, 1.5, 1.0)
+    for chunk in FileSource(replay_wav).chunks(threading.Event()):
+        replay.classify(replay_windows.push(chunk))
+
+    full = [w for w in replay.windows if w.valid_seconds == 3.0]
+    assert len(full) >= 5
+    for live_w, live_s, replay_w, replay_s in zip(classifier.windows, classifier.scores, full, replay.scores):
+        assert live_w.start_offset == replay_w.start_offset
+        assert np.array_equal(live_w.samples, replay_w.samples)
+        assert np.allclose(live_s.values, replay_s.values, atol=1e-5)
+    assert mic.counters.dropped_seconds == 0 and mic.counters.device_losses == 0
+    assert all(w.source == "mic:pulse" for w in classifier.windows)
+
+
+def lead_in(classifier) -> int:
+    """Samples of digital silence the monitor delivered before the playback began."""
+    for w in classifier.windows:
+        nonzero = np.flatnonzero(w.samples)
+        if len(nonzero):
+            return round(w.start_offset * RATE) + int(nonzero[0])
+    return 10**9
+
+
+def test_a_lost_device_is_reopened_and_capture_goes_on(virtual_mic, caplog):
+    mic = MicSource("pulse", RATE, 1, block_seconds=0.1, reconnect_max_seconds=0.5, stall_seconds=1.0)
+    stop = threading.Event()
+    chunks = []
+
+    def consume():
+        for chunk in mic.chunks(stop):
+            chunks.append((time.monotonic(), chunk))
+
+    worker = threading.Thread(target=consume)
+    with caplog.at_level(logging.INFO, logger="station.capture"):
+        worker.start()
+        wait_for(lambda: len(chunks) > 3, 10, "audio from the microphone")
+        virtual_mic.stop()
+        wait_for(lambda: mic.counters.device_losses >= 1, 20, "the loss to be noticed")
+        lost_at = time.monotonic()
+        virtual_mic.start()
+        wait_for(lambda: chunks and chunks[-1][0] > lost_at + 0.5, 30, "audio after the device came back")
+        stop.set()
+        worker.join(10)
+    assert not worker.is_alive()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("audio device lost; reopening" in m for m in messages)
+    assert sum("capturing 16000 Hz" in m for m in messages) >= 2
+
+
+def test_a_missing_device_is_retried_with_backoff_not_a_crash(caplog):
+    mic = MicSource("no-such-device-anywhere", RATE, 1, reconnect_max_seconds=0.4)
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    with caplog.at_level(logging.WARNING, logger="station.capture"):
+        assert list(mic.chunks(stop)) == []
+    retries = [r.getMessage() for r in caplog.records if "cannot open input device" in r.getMessage()]
+    assert len(retries) >= 2 and "retrying in" in retries[0]
+
+
+def test_a_full_queue_drops_the_oldest_audio_and_counts_it():
+    queue = DropOldestQueue(max_frames=1000)
+    for i in range(5):
+        queue.put((np.full((400, 1), i, np.float32), float(i)))
+    kept = queue.get_all(timeout=0)
+    assert [int(b[0][0, 0]) for b in kept] == [3, 4]
+    assert queue.dropped_frames == 1200
+    assert queue.get_all(timeout=0.01) == []
+
+
+def test_station_run_captures_from_the_virtual_microphone(virtual_mic, tiny_model, gwwa, tmp_path):
+    recording_at_16k(gwwa, 6.0, tmp_path / "played.wav")
+    config = write_config(tmp_path / "c.yaml", "audio:\n  device: pulse\n  sample_rate: 16000\n"
+                                              "  block_seconds: 0.1\ndetection:\n  threshold: 0.3\n")
+    db = tmp_path / "st.db"
+    proc = subprocess.Popen([sys.executable, "-m", "station.cli", "run", "--config", str(config),
+                             "--model", str(tiny_model), "--db", str(db)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=virtual_mic.env)
+    time.sleep(3)
+    virtual_mic.play(tmp_path / "played.wav").wait(timeout=30)
+    time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    conn = sqlite3.connect(db)
+    status, audio, windows = conn.execute("SELECT status, audio_seconds, windows FROM runs").fetchone()
+    open_events = conn.execute("SELECT count(*) FROM detections WHERE status = 'open'").fetchone()[0]
+    assert status == "stopped" and audio >= 8 and windows >= 4 and open_events == 0
+    assert "capturing 16000 Hz" in err
