@@ -74,6 +74,7 @@ class MicSource:
         self.stall_seconds = stall_seconds
         self.counters = CaptureCounters()
         self.name = f"mic:{device if device is not None else 'default'}"
+        self.connected = False
         self._stream = None
         self._last_callback = 0.0
         self._status_overflows = 0
@@ -107,6 +108,7 @@ class MicSource:
         except (sd.PortAudioError, ValueError) as exc:
             self._close_stream()
             raise DeviceError(f"{self.name}: cannot open input device: {exc}") from None
+        self.connected = True
         log.info("%s: capturing %d Hz, %d channel(s)", self.name, self.sample_rate, self.channels)
 
     def _callback(self, indata, frames, time_info, status) -> None:
@@ -147,6 +149,7 @@ class MicSource:
         return time.monotonic() - self._last_callback < self.stall_seconds
 
     def _close_stream(self) -> None:
+        self.connected = False
         stream, self._stream = self._stream, None
         if stream is not None:
             try:

@@ -55,7 +55,7 @@ def _soundfile_blocks(path: Path, info, block_seconds: float) -> Iterator[np.nda
                     return
                 yield data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioInputError(f"{path}: cannot decode: {exc}") from None
+        raise AudioInputError(f"{path}: corrupt audio data: {exc}") from None
 
 
 def _open_with_ffmpeg(path: Path, block_seconds: float, reason: str):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from dataclasses import asdict, dataclass
 from threading import Event
 from typing import Protocol, Sequence
@@ -34,6 +35,7 @@ class PipelineCounters:
     windows: int = 0
     detections: int = 0  # closed events
     audio_seconds: float = 0.0
+    lag_seconds: float = 0.0  # wall clock minus the end of the last classified window (live)
 
 
 class Pipeline:
@@ -75,6 +77,7 @@ class Pipeline:
             return
         scores = self.classifier.classify(windows)
         self.counters.windows += len(windows)
+        self.counters.lag_seconds = (datetime.now(timezone.utc) - windows[-1].end_time).total_seconds()
         self._save(scores, self.detector.push(scores))
 
     def _save(self, scores: Sequence[Scores], detections: Sequence[Detection]) -> None:
@@ -99,7 +102,13 @@ class Pipeline:
         values = asdict(self.counters)
         values.update(vars(getattr(self.source, "counters", None) or {}))
         values["audio_seconds"] = round(self.counters.audio_seconds, 3)
+        values.pop("lag_seconds")  # a live figure for health checks, not a run total
         return values
+
+    def health(self) -> dict:
+        """Live figures for a health monitor on another thread (reads only)."""
+        return {**self.snapshot(), "lag_seconds": round(self.counters.lag_seconds, 3),
+                "connected": getattr(self.source, "connected", True)}
 
     def _summarise(self) -> None:
         s = self.snapshot()
