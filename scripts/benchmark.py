@@ -1,0 +1,193 @@
+#!/usr/bin/env python3
+"""Replay throughput and per-window cost split, ONNX vs the notebook's transformers pipeline.
+
+Prints figures; it asserts nothing. Random-weight wav2vec2 models are built and exported
+once into --workdir (tiny: seconds; base: wav2vec2-base's size, ~95M parameters).
+
+    .venv/bin/python scripts/benchmark.py --sizes tiny,base --seconds 30
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from station.detection import Detector, SpeciesFilter
+from station.export import ExportOptions, export_model
+from station.inference import OnnxClassifier
+from station.random_model import build_random_wav2vec2
+from station.sources import FileSource
+from station.store import Store
+from station.types import AudioChunk
+from station.windowing import Windower
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_AUDIO = REPO.parent / "shared" / "data" / "audio" / "birds_misc" / "XC13738_GWWA.mp3"
+
+
+def timed(fn, *args, repeat: int = 1):
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn(*args)
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def prepare_model(workdir: Path, size: str) -> tuple[Path, Path]:
+    hf, folder = workdir / f"{size}-hf", workdir / f"{size}-onnx"
+    if not (hf / "config.json").exists():
+        build_random_wav2vec2(hf, size=size)
+    if not (folder / "manifest.json").exists():
+        export_model(ExportOptions(str(hf), folder, int8=True, name=f"random-{size}"))
+    return hf, folder
+
+
+def decode(path: Path, seconds: float) -> list[AudioChunk]:
+    chunks = []
+    for chunk in FileSource(path, chunk_seconds=10.0).chunks(threading.Event()):
+        chunks.append(chunk)
+        if chunk.end_offset >= seconds:
+            break
+    return chunks
+
+
+def resample(chunks: list[AudioChunk]) -> list[AudioChunk]:
+    stream = soxr.ResampleStream(chunks[0].sample_rate, 16000, 1, dtype="float32", quality="HQ")
+    out = []
+    for i, c in enumerate(chunks):
+        last = i == len(chunks) - 1
+        out.append(AudioChunk(stream.resample_chunk(c.samples, last=last), 16000, c.source,
+                              c.start_offset, c.start_time, final=last))
+    return out
+
+
+def window(chunks: list[AudioChunk]):
+    windower, windows = Windower(16000, 3.0, 1.5, 1.0), []
+    for c in chunks:
+        windows += windower.push(c)
+    return windows
+
+
+def detect_and_store(scores, db_path: Path) -> int:
+    detector = Detector("bench", "m", SpeciesFilter(0.0, {}, [], []), 3)
+    store = Store.open(db_path)
+    run = store.start_run("bench", "bench", "m")
+    changed = 0
+    for i in range(0, len(scores), 8):
+        found = detector.push(scores[i:i + 8])
+        with store.transaction():
+            store.save(found, run)
+        changed += len(found)
+    store.save(detector.flush(), run)
+    store.close()
+    return changed
+
+
+def seed_pipeline(hf: Path, windows, threads: int):
+    """The notebook's way: transformers pipeline on PyTorch, one window per call."""
+    import torch
+    from transformers import pipeline
+
+    torch.set_num_threads(threads)
+    classify = pipeline("audio-classification", model=str(hf), device="cpu", top_k=1)
+    return [classify({"raw": w.samples, "sampling_rate": 16000})[0]["label"] for w in windows]
+
+
+def replay_rss(folder: Path, audio: Path, variant: str, threads: int) -> tuple[float, float]:
+    """Peak RSS (MB) and wall time of a whole `station replay` process."""
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of this (torch-laden)
+    # process would report the parent's peak.
+    code = ("import re, sys, time; from station.cli import main; t = time.perf_counter();"
+            "main(sys.argv[1:]); hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read());"
+            "print(time.perf_counter() - t, int(hwm.group(1)) / 1024, file=sys.stderr)")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "c.yaml"
+        config.write_text(f"model:\n  variant: {variant}\n  threads: {threads}\nlogging:\n  level: WARNING\n")
+        result = subprocess.run([sys.executable, "-c", code, "replay", str(audio), "--config", str(config),
+                                 "--model", str(folder), "--db", str(Path(tmp) / "b.db")],
+                                capture_output=True, text=True, check=True)
+    wall, rss = result.stderr.strip().splitlines()[-1].split()
+    return float(rss), float(wall)
+
+
+def bench_size(size: str, args) -> dict:
+    hf, folder = prepare_model(args.workdir, size)
+    t_decode, chunks = timed(decode, args.audio, args.seconds, repeat=3)
+    t_resample, resampled = timed(resample, chunks, repeat=3)
+    t_window, windows = timed(window, resampled, repeat=3)
+    n, audio_seconds = len(windows), sum(c.duration for c in chunks)
+    report = {"size": size, "windows": n, "audio_seconds": round(audio_seconds, 1),
+              "ms_per_window": {"decode": 1000 * t_decode / n, "resample": 1000 * t_resample / n,
+                                "windowing": 1000 * t_window / n}}
+    top1 = {}
+    for variant in ("fp32", "int8"):
+        for threads in args.threads:
+            classifier = OnnxClassifier.from_path(folder, variant=variant, threads=threads, batch_size=8)
+            classifier.classify(windows[:2])  # warm-up
+            t, scores = timed(classifier.classify, windows, repeat=2 if size == "tiny" else 1)
+            report["ms_per_window"][f"onnx {variant} {threads}t"] = 1000 * t / n
+            top1[variant] = [s.top(1)[0][0].label for s in scores]
+            if variant == "fp32" and threads == args.threads[-1]:
+                with tempfile.TemporaryDirectory() as tmp:
+                    t_store, _ = timed(detect_and_store, scores, Path(tmp) / "b.db")
+                report["ms_per_window"]["detection + store"] = 1000 * t_store / n
+    for threads in args.threads:
+        t, labels = timed(seed_pipeline, hf, windows, threads)
+        report["ms_per_window"][f"seed pipeline {threads}t"] = 1000 * t / n
+        top1["seed"] = labels
+    report["top1_agreement_with_seed"] = {
+        v: float(np.mean([a == b for a, b in zip(top1[v], top1["seed"])])) for v in ("fp32", "int8")}
+    for variant in ("fp32", "int8"):
+        rss, wall = replay_rss(folder, args.audio, variant, args.threads[-1])
+        report[f"replay {variant} {args.threads[-1]}t"] = {"peak_rss_mb": round(rss), "wall_s": round(wall, 2)}
+    return report
+
+
+def summarise(report: dict, threads: list[int]) -> None:
+    ms = report["ms_per_window"]
+    print(f"\n== {report['size']} model: {report['windows']} windows from {report['audio_seconds']} s of audio")
+    for name, value in ms.items():
+        print(f"  {name:<24} {value:9.2f} ms/window")
+    overhead = ms["decode"] + ms["resample"] + ms["windowing"] + ms["detection + store"]
+    for t in threads:
+        for variant in ("fp32", "int8"):
+            inference = ms[f"onnx {variant} {t}t"]
+            seed = ms[f"seed pipeline {t}t"]
+            total_s = report["windows"] * (inference + overhead) / 1000
+            print(f"  {t} thread(s), {variant}: {report['audio_seconds'] / total_s:7.1f} s of audio per second; "
+                  f"non-inference share {100 * overhead / (inference + overhead):4.1f}%; "
+                  f"inference {seed / inference:4.2f}x faster than the seed's way")
+    print(f"  top-1 agreement with the seed's way: {report['top1_agreement_with_seed']}")
+    for key in [k for k in report if k.startswith("replay")]:
+        print(f"  {key}: {report[key]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--audio", type=Path, default=DEFAULT_AUDIO)
+    parser.add_argument("--sizes", default="tiny,base")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--seconds", type=float, default=30.0, help="audio to use from the file")
+    parser.add_argument("--workdir", type=Path, default=REPO / ".benchmarks")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    args.threads = [int(t) for t in args.threads.split(",")]
+    args.workdir.mkdir(exist_ok=True)
+    reports = [bench_size(size, args) for size in args.sizes.split(",")]
+    for report in reports:
+        summarise(report, args.threads)
+    if args.json:
+        args.json.write_text(json.dumps(reports, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh machine, then run the whole suite.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k windowing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --dev
+exec .venv/bin/python -m pytest "$@"
