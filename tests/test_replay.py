@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -145,3 +146,35 @@ def test_sigterm_mid_replay_leaves_a_sound_database_with_every_closed_event(tiny
     events = rows(db, "SELECT * FROM detections")
     assert events and {e["status"] for e in events} == {"closed"}, "open events are closed on shutdown"
     assert run["detections"] == len(events)
+
+
+def test_a_running_watcher_survives_bad_files_and_loses_nothing(tiny_model, gwwa, tmp_path):
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    config = write_config(tmp_path / "c.yaml", CONFIG + "replay:\n  poll_seconds: 0.3\n")
+    db = tmp_path / "st.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "station.cli", "replay", str(folder), "--watch", "--config", str(config),
+         "--model", str(tiny_model), "--db", str(db)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        (folder / "1_text.wav").write_text("not audio\n" * 100)
+        nan = tone(16000, 5.0)
+        nan[40000] = np.nan
+        sf.write(folder / "2_nan.wav", nan, 16000, subtype="FLOAT")
+        (folder / "3_bird.mp3").write_bytes(gwwa.read_bytes())
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            if db.exists() and rows(db, "SELECT files_ok FROM runs")[0]["files_ok"] >= 1:
+                break
+        assert proc.poll() is None, "the watcher is still running after the bad files"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    (run,) = rows(db, "SELECT * FROM runs")
+    assert (run["files_ok"], run["files_failed"]) == (1, 2)
+    assert "2_nan.wav: invalid samples (NaN or infinite) at 2.50 s" in err
+    assert rows(db, "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+    sources = {r["source"].rsplit("/", 1)[-1] for r in rows(db, "SELECT source FROM detections")}
+    assert "3_bird.mp3" in sources and run["windows"] >= 30
