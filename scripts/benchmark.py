@@ -92,14 +92,14 @@ def detect_and_store(scores, db_path: Path) -> int:
     return changed
 
 
-def seed_pipeline(hf: Path, windows, threads: int):
-    """The notebook's way: transformers pipeline on PyTorch, one window per call."""
+def seed_pipeline(hf: Path, threads: int):
+    """The notebook's way: a transformers pipeline on PyTorch, fed one window per call."""
     import torch
     from transformers import pipeline
 
     torch.set_num_threads(threads)
     classify = pipeline("audio-classification", model=str(hf), device="cpu", top_k=1)
-    return [classify({"raw": w.samples, "sampling_rate": 16000})[0]["label"] for w in windows]
+    return lambda windows: [classify({"raw": w.samples, "sampling_rate": 16000})[0]["label"] for w in windows]
 
 
 def replay_rss(folder: Path, audio: Path, variant: str, threads: int) -> tuple[float, float]:
@@ -111,7 +111,8 @@ def replay_rss(folder: Path, audio: Path, variant: str, threads: int) -> tuple[f
             "print(time.perf_counter() - t, int(hwm.group(1)) / 1024, file=sys.stderr)")
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "c.yaml"
-        config.write_text(f"model:\n  variant: {variant}\n  threads: {threads}\nlogging:\n  level: WARNING\n")
+        config.write_text(f"model:\n  variant: {variant}\n  threads: {threads}\n  batch_size: 1\n"
+                          "logging:\n  level: WARNING\n")
         result = subprocess.run([sys.executable, "-c", code, "replay", str(audio), "--config", str(config),
                                  "--model", str(folder), "--db", str(Path(tmp) / "b.db")],
                                 capture_output=True, text=True, check=True)
@@ -129,19 +130,23 @@ def bench_size(size: str, args) -> dict:
               "ms_per_window": {"decode": 1000 * t_decode / n, "resample": 1000 * t_resample / n,
                                 "windowing": 1000 * t_window / n}}
     top1 = {}
+    repeat = 2 if size == "tiny" else 1
     for variant in ("fp32", "int8"):
-        for threads in args.threads:
-            classifier = OnnxClassifier.from_path(folder, variant=variant, threads=threads, batch_size=8)
-            classifier.classify(windows[:2])  # warm-up
-            t, scores = timed(classifier.classify, windows, repeat=2 if size == "tiny" else 1)
-            report["ms_per_window"][f"onnx {variant} {threads}t"] = 1000 * t / n
+        for threads, batch in [(t, 1) for t in args.threads] + [(args.threads[-1], 8)]:
+            classifier = OnnxClassifier.from_path(folder, variant=variant, threads=threads, batch_size=batch)
+            classifier.classify(windows[:batch])  # warm-up
+            t, scores = timed(classifier.classify, windows, repeat=repeat)
+            name = f"onnx {variant} {threads}t" + (f" batch {batch}" if batch > 1 else "")
+            report["ms_per_window"][name] = 1000 * t / n
             top1[variant] = [s.top(1)[0][0].label for s in scores]
-            if variant == "fp32" and threads == args.threads[-1]:
+            if variant == "fp32" and threads == args.threads[-1] and batch == 1:
                 with tempfile.TemporaryDirectory() as tmp:
                     t_store, _ = timed(detect_and_store, scores, Path(tmp) / "b.db")
                 report["ms_per_window"]["detection + store"] = 1000 * t_store / n
     for threads in args.threads:
-        t, labels = timed(seed_pipeline, hf, windows, threads)
+        classify = seed_pipeline(hf, threads)
+        classify(windows[:1])  # warm-up, as for ONNX
+        t, labels = timed(classify, windows, repeat=repeat)
         report["ms_per_window"][f"seed pipeline {threads}t"] = 1000 * t / n
         top1["seed"] = labels
     report["top1_agreement_with_seed"] = {

@@ -31,7 +31,7 @@ class ModelSettings(Section):
     path: Path = Path("models/bird_sounds_classification")
     variant: str = "fp32"  # "fp32" is model.onnx; any other name is model.<variant>.onnx
     threads: int = Field(2, ge=1, le=64)
-    batch_size: int = Field(8, ge=1, le=256)
+    batch_size: int = Field(1, ge=1, le=256)
     sensitivity: float = Field(1.0, gt=0.0, le=1.5)  # sigmoid models only (BirdNET)
 
 
