@@ -22,6 +22,7 @@ import numpy as np
 from .errors import ModelError
 from .inference import normalise
 from .model_folder import LABELS, Manifest, ModelFolder, write_folder, write_labels
+from .names import DIMA806_SCIENTIFIC, with_scientific_names
 from .types import Species
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,19 @@ def quantize_int8(fp32: Path, out: Path, windows: np.ndarray, normalisation: str
 
 
 def labels_from_config(config: dict) -> list[Species]:
+    """Labels in output order; 'Genus species_Common Name' labels give both names."""
     id2label = {int(k): v for k, v in config.get("id2label", {}).items()}
     if not id2label or sorted(id2label) != list(range(len(id2label))):
         raise ModelError("model config has no complete id2label table")
-    return [Species(id2label[i], None, id2label[i]) for i in range(len(id2label))]
+    labels = [species_from_label(id2label[i]) for i in range(len(id2label))]
+    return with_scientific_names(labels, DIMA806_SCIENTIFIC)
+
+
+def species_from_label(label: str) -> Species:
+    scientific, sep, common = label.partition("_")
+    if sep and len(scientific.split()) >= 2 and scientific[:1].isupper():
+        return Species(label, scientific, common)
+    return Species(label, None, label)
 
 
 def _source_info(source: str, config: dict) -> dict:
