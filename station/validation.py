@@ -1,0 +1,136 @@
+"""Replay labelled recordings through the daemon's own stages and rank species per file.
+
+A file's score for a species is the best score that species reaches in any of the file's
+windows (BirdNET's file-level rule: one clear call is enough). Files are ranked by those
+scores for top-1/top-3; the Detector also runs, at the configured thresholds, so the
+report shows what the station would have logged for each file.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from threading import Event
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .app import build_detector, build_windower
+from .config import Settings
+from .errors import StationError
+from .inference import OnnxClassifier
+from .metrics import Metrics, compute
+from .names import LabelIndex
+from .sources import FileSource
+from .types import Detection, Species
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    scientific_name: str
+    common_name: str
+    licence: str = ""
+    notes: str = ""
+
+    @property
+    def kind(self) -> str:
+        """species (one labelled species), multi, unlabelled (birds, no species) or noise."""
+        if self.common_name.startswith("noise") or not (self.scientific_name or self.common_name):
+            return "noise"
+        if self.scientific_name.startswith("MULTI"):
+            return "multi"
+        if self.scientific_name.startswith("Aves"):
+            return "unlabelled"
+        return "species"
+
+
+@dataclass(frozen=True)
+class FileResult:
+    clip: Clip
+    truth: Species | None  # the model's label for the clip's species, when the model knows it
+    best: np.ndarray | None  # per label: best window score; None when the file failed
+    windows: int
+    detections: tuple[Detection, ...]
+    error: str | None = None
+
+    def ranking(self, labels: Sequence[Species], k: int = 3) -> list[tuple[Species, float]]:
+        if self.best is None:
+            return []
+        order = np.argsort(-self.best, kind="stable")[:k]
+        return [(labels[i], float(self.best[i])) for i in order]
+
+    @property
+    def evaluable(self) -> bool:
+        return self.error is None and self.truth is not None and self.clip.kind == "species"
+
+
+def read_manifest(csv_path: Path) -> list[Clip]:
+    """Clips from a manifest CSV (the shared data's columns); paths relative to the CSV."""
+    csv_path = Path(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise StationError(f"{csv_path}: cannot read manifest: {exc.strerror}") from None
+    missing = {"path", "scientific_name", "common_name"} - set(rows[0] if rows else {})
+    if missing:
+        raise StationError(f"{csv_path}: manifest lacks column(s) {', '.join(sorted(missing))}")
+    return [Clip(csv_path.parent / r["path"], r["scientific_name"].strip(), r["common_name"].strip(),
+                 r.get("license", ""), r.get("notes", "")) for r in rows]
+
+
+def score_clip(clip: Clip, classifier: OnnxClassifier, settings: Settings, truth: Species | None) -> FileResult:
+    windower = build_windower(settings, classifier)
+    detector = build_detector(settings, classifier)
+    source = FileSource(clip.path, settings.replay.chunk_seconds)
+    best, windows, detections = None, 0, {}
+    for chunk in source.chunks(Event()):
+        scores = classifier.classify(windower.push(chunk))
+        for s in scores:
+            best = s.values.copy() if best is None else np.maximum(best, s.values)
+        windows += len(scores)
+        detections.update((d.id, d) for d in detector.push(scores))
+    detections.update((d.id, d) for d in detector.flush())
+    error = None if source.counters.files_ok else f"{clip.path}: not readable (see log)"
+    if error is None and best is None:
+        error = f"{clip.path}: shorter than one window"
+    return FileResult(clip, truth, best if error is None else None, windows, tuple(detections.values()), error)
+
+
+def validate(clips: Iterable[Clip], classifier: OnnxClassifier, settings: Settings,
+             progress: bool | None = None) -> list[FileResult]:
+    clips = list(clips)
+    index = LabelIndex(classifier.labels)
+    results = []
+    for clip in _progress(clips, progress):
+        truth = index.match(clip.scientific_name, clip.common_name) if clip.kind == "species" else None
+        results.append(score_clip(clip, classifier, settings, truth))
+    unmatched = sorted({f"{r.clip.scientific_name} ({r.clip.common_name})" for r in results
+                        if r.clip.kind == "species" and r.truth is None})
+    if unmatched:
+        log.warning("%d species in the manifest are not among the model's labels: %s",
+                    len(unmatched), "; ".join(unmatched))
+    return results
+
+
+def metrics_of(results: Sequence[FileResult], labels: Sequence[Species]) -> Metrics:
+    evaluable = [r for r in results if r.evaluable]
+    return compute([r.truth.label for r in evaluable],
+                   [[s.label for s, _ in r.ranking(labels, 3)] for r in evaluable])
+
+
+def _progress(items: list, enabled: bool | None):
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, unit="file", desc="validating")

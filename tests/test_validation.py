@@ -1,0 +1,166 @@
+"""Validation companion: metrics checked against scikit-learn, names, calibration, end to end."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from station.calibrate import calibrate, load_scores, snippet
+from station.config import Settings
+from station.export import species_from_label
+from station.inference import OnnxClassifier
+from station.metrics import compute
+from station.names import LabelIndex, normalise_common
+from station.report import notebook_alerts, write_report
+from station.types import Species
+from station.validation import metrics_of, read_manifest, validate
+
+sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is in the dev extra")
+
+
+def test_metrics_match_scikit_learn_on_random_predictions():
+    rng = np.random.default_rng(0)
+    labels = [f"sp{i}" for i in range(7)]
+    truths = list(rng.choice(labels, 60))
+    rankings = [list(rng.permutation(labels)) for _ in truths]
+    for r, t in zip(rankings[:25], truths[:25]):  # some right answers, so precision is not all zero
+        r.remove(t)
+        r.insert(0, t)
+    m = compute(truths, rankings)
+    predicted = [r[0] for r in rankings]
+    assert m.top1 == pytest.approx(sklearn_metrics.accuracy_score(truths, predicted))
+    score_matrix = np.array([[len(labels) - r.index(label) for label in labels] for r in rankings])
+    assert m.top3 == pytest.approx(sklearn_metrics.top_k_accuracy_score(truths, score_matrix, k=3, labels=labels))
+    assert (m.confusion == sklearn_metrics.confusion_matrix(truths, predicted, labels=m.labels)).all()
+    p, r, f, s = sklearn_metrics.precision_recall_fscore_support(truths, predicted, labels=m.labels, zero_division=0)
+    assert np.allclose([c.precision for c in m.per_class], p) and np.allclose([c.recall for c in m.per_class], r)
+    assert np.allclose([c.f1 for c in m.per_class], f) and [c.support for c in m.per_class] == list(s)
+    for average, ours in (("macro", m.macro), ("weighted", m.weighted)):
+        theirs = sklearn_metrics.precision_recall_fscore_support(truths, predicted, average=average, zero_division=0)
+        assert np.allclose(ours, theirs[:3])
+
+
+def test_names_match_by_scientific_name_synonym_and_normalised_common_name():
+    labels = [Species("Setophaga petechia_Yellow Warbler", "Setophaga petechia", "Yellow Warbler"),
+              Species("Bartletts Tinamou", "Crypturellus bartletti", "Bartletts Tinamou"),
+              Species("Grey Kingbird", None, "Grey Kingbird")]
+    index = LabelIndex(labels)
+    assert index.match("Setophaga aestiva", "American Yellow Warbler") is labels[0]
+    assert index.match(None, "Bartlett's Tinamou") is labels[1]
+    assert index.match("Tyrannus dominicensis", "Gray Kingbird") is labels[2]
+    assert index.match("Strix aluco", "Tawny Owl") is None
+    assert normalise_common("Spix’s  Guan") == normalise_common("Spixs Guan")
+
+
+def test_birdnet_style_labels_give_both_names():
+    assert species_from_label("Strix aluco_Tawny Owl") == Species("Strix aluco_Tawny Owl", "Strix aluco", "Tawny Owl")
+    assert species_from_label("Spixs Guan") == Species("Spixs Guan", None, "Spixs Guan")
+
+
+def test_calibrated_thresholds_reach_the_target_precision():
+    rng = np.random.default_rng(1)
+    files, labels = 400, ["a", "b", "c"]
+    truth = rng.integers(-1, 3, files)
+    scores = rng.uniform(0, 0.6, (files, 3))
+    for j in range(3):  # true species score higher on average, with overlap
+        scores[truth == j, j] += rng.uniform(0.1, 0.5, (truth == j).sum())
+    for target in (0.8, 0.9, 0.95):
+        found = calibrate(scores, truth, labels, target)
+        assert {t.label for t in found} == set(labels)
+        for t in found:
+            j = labels.index(t.label)
+            kept = scores[:, j] >= t.threshold
+            assert (truth[kept] == j).mean() >= target  # independent recount
+            assert t.recall == pytest.approx((kept & (truth == j)).sum() / (truth == j).sum())
+            lower = scores[:, j][scores[:, j] < t.threshold].max()  # the next lower cut misses the target
+            assert (truth[scores[:, j] >= lower] == j).mean() < target
+
+
+def test_calibration_skips_species_with_too_few_files_and_writes_a_loadable_snippet():
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]])
+    found = calibrate(scores, np.array([0, 0, 1]), ["a", "b"], 0.9, min_positives=2)
+    assert [t.label for t in found] == ["a"] and found[0].threshold == pytest.approx(0.8)
+    text = snippet(found, 0.9, "validation/scores.npz")
+    assert yaml.safe_load(text) == {"a": 0.8}
+
+
+def _results(top1_counts, scores=None):
+    """File results whose top-1 species i occurs top1_counts[i] times, at score 0.9 unless given."""
+    from station.validation import Clip, FileResult
+
+    results, n = [], len(top1_counts)
+    for i, count in enumerate(top1_counts):
+        for k in range(count):
+            values = np.zeros(n)
+            values[i] = (scores or {}).get((i, k), 0.9)
+            results.append(FileResult(Clip(f"f{i}_{k}.wav", "x", "x"), None, values, 1, ()))
+    return results, [Species(f"s{i}", f"Genus s{i}", f"Species {i}") for i in range(n)]
+
+
+def test_notebook_alerts_high_frequency_rare_low_confidence_and_unknown():
+    # counts 20,3x6: mean 5.43, sd 5.95, so 20 > mean + 2 sd; nothing below mean - 1.5 sd < 0
+    results, labels = _results([20, 3, 3, 3, 3, 3, 3], scores={(1, 0): 0.4, (2, 0): 0.2})
+    alerts = notebook_alerts(results, labels, rare_species=["Species 6", "genus s5"])
+    assert [(a["type"], a["species"]) for a in alerts if a["type"] == "HIGH_FREQUENCY"] == [("HIGH_FREQUENCY", "s0")]
+    assert sorted({a["species"] for a in alerts if a["type"] == "RARE_SPECIES"}) == ["s5", "s6"]
+    assert len([a for a in alerts if a["type"] == "RARE_SPECIES"]) == 6
+    assert [(a["type"], a["file"]) for a in alerts if a["type"] in ("LOW_CONFIDENCE", "UNKNOWN_SOUND")] == [
+        ("LOW_CONFIDENCE", "f1_0.wav"), ("UNKNOWN_SOUND", "f2_0.wav")]
+    assert "LOW_FREQUENCY" not in {a["type"] for a in alerts}
+
+
+def test_notebook_alerts_low_frequency():
+    # counts 10x6,1: mean 8.71, sd 3.15, so 1 < mean - 1.5 sd = 3.99; nothing above mean + 2 sd = 15
+    results, labels = _results([10, 10, 10, 10, 10, 10, 1])
+    alerts = notebook_alerts(results, labels, rare_species=[])
+    assert [(a["type"], a["species"], a["count"]) for a in alerts] == [("LOW_FREQUENCY", "s6", 1)]
+
+
+@pytest.fixture(scope="module")
+def shared_species_model(tmp_path_factory, shared_data):
+    """A random tiny model whose labels are the shared clips' species (plus ones never heard)."""
+    pytest.importorskip("torch")
+    from station.export import ExportOptions, export_model
+    from station.random_model import build_random_wav2vec2
+
+    clips = read_manifest(shared_data / "manifest.csv")
+    species = sorted({f"{c.scientific_name}_{c.common_name}" for c in clips if c.kind == "species"
+                      and c.scientific_name not in ("Agelaius xanthomus", "Strix aluco")})
+    root = tmp_path_factory.mktemp("validation-model")
+    hf = build_random_wav2vec2(root / "hf", labels=species + ["Nothura maculosa_Spotted Nothura"])
+    return export_model(ExportOptions(str(hf), root / "model", name="shared-species")).path
+
+
+def test_validate_the_shared_clips_end_to_end(shared_species_model, shared_data, tmp_path):
+    classifier = OnnxClassifier.from_path(shared_species_model)
+    settings = Settings.model_validate({"detection": {"threshold": 0.3}, "windowing": {"hop_seconds": 3.0}})
+    clips = read_manifest(shared_data / "manifest.csv")
+    results = validate(clips, classifier, settings, progress=False)
+    assert len(results) == len(clips) and not [r.error for r in results if r.error]
+    left_out = {r.clip.scientific_name for r in results if r.clip.kind == "species" and r.truth is None}
+    assert left_out == {"Agelaius xanthomus", "Strix aluco"}  # reported, not silently matched
+    metrics = metrics_of(results, classifier.labels)
+    assert metrics.files == sum(r.evaluable for r in results) >= 60
+
+    files = write_report(results, metrics, classifier.labels, tmp_path / "report", "shared-species",
+                         rare_species=["Puerto Rican Parrot"])
+    for key in ("results", "metrics", "scores", "alerts", "report", "confusion", "per_species", "predicted_frequency"):
+        assert files[key].is_file() and files[key].stat().st_size > 0, key
+    assert files["confusion"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Every metric again, independently, from the per-file CSV the report wrote.
+    with open(files["results"]) as f:
+        rows = [r for r in csv.DictReader(f) if r["correct_top1"] != ""]
+    truths, predicted = [r["model_label"] for r in rows], [r["top1"] for r in rows]
+    saved = json.loads(files["metrics"].read_text())
+    assert saved["files"] == len(rows)
+    assert saved["top1"] == pytest.approx(sklearn_metrics.accuracy_score(truths, predicted))
+    assert saved["top3"] == pytest.approx(np.mean([t in (r["top1"], r["top2"], r["top3"]) for t, r in zip(truths, rows)]))
+    p, r, f1, _ = sklearn_metrics.precision_recall_fscore_support(truths, predicted, average="macro", zero_division=0)
+    assert [saved["macro"][k] for k in ("precision", "recall", "f1")] == pytest.approx([p, r, f1])
+    labels = saved["confusion"]["labels"]
+    assert saved["confusion"]["matrix"] == sklearn_metrics.confusion_matrix(truths, predicted, labels=labels).tolist()
+    scores, truth, label_names = load_scores(files["scores"])
+    assert scores.shape == (len(clips), len(classifier.labels)) and (truth >= 0).sum() == len(rows)
+    assert "top-1 accuracy" in files["report"].read_text()
