@@ -55,6 +55,7 @@ class DetectionSettings(Section):
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     top_k: int = Field(3, ge=1, le=50)
     species_thresholds: dict[str, float] = {}
+    thresholds_file: Path | None = None  # YAML {species: threshold}, e.g. from `station xc calibrate`
     include: list[str] = []
     exclude: list[str] = []
     merge_gap_seconds: float = Field(0.0, ge=0.0)
@@ -151,8 +152,25 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         update={
             "storage": settings.storage.model_copy(update={"database": resolve(settings.storage.database)}),
             "model": settings.model.model_copy(update={"path": resolve(settings.model.path)}),
+            "detection": _with_thresholds_file(settings.detection, base),
         }
     )
+
+
+def _with_thresholds_file(detection: DetectionSettings, base: Path) -> DetectionSettings:
+    """Merge a thresholds file under species_thresholds: entries in config.yaml win."""
+    if detection.thresholds_file is None:
+        return detection
+    path = detection.thresholds_file if detection.thresholds_file.is_absolute() else base / detection.thresholds_file
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"detection.thresholds_file: {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not isinstance(loaded, dict) or not all(
+            isinstance(v, (int, float)) and 0 <= v <= 1 for v in loaded.values()):
+        raise ConfigError(f"detection.thresholds_file: {path}: expected a mapping of species to thresholds in [0, 1]")
+    merged = {**{str(k): float(v) for k, v in loaded.items()}, **detection.species_thresholds}
+    return detection.model_copy(update={"thresholds_file": path, "species_thresholds": merged})
 
 
 def read_secret(name: str) -> str | None:

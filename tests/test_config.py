@@ -66,3 +66,21 @@ def test_secrets_come_from_credentials_then_environment(tmp_path, monkeypatch):
     assert read_secret("mqtt_password") == "from-credential"
     monkeypatch.delenv("STATION_MQTT_PASSWORD")
     assert read_secret("xc_key") is None
+
+
+def test_a_thresholds_file_is_merged_under_the_configs_own_thresholds(tmp_path):
+    (tmp_path / "cal.yaml").write_text("# from station xc calibrate\nStrix aluco: 0.35\nPica pica: 0.6\n")
+    path = write_config(tmp_path / "c.yaml", "detection:\n  thresholds_file: cal.yaml\n"
+                                             "  species_thresholds:\n    Pica pica: 0.9\n")
+    thresholds = load_settings(path).detection.species_thresholds
+    assert thresholds == {"Strix aluco": 0.35, "Pica pica": 0.9}
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "No such file"), ("Strix aluco: 7\n", "expected a mapping"), ("[1, 2]\n", "expected a mapping")])
+def test_a_bad_thresholds_file_names_the_key(tmp_path, content, message):
+    if content is not None:
+        (tmp_path / "cal.yaml").write_text(content)
+    path = write_config(tmp_path / "c.yaml", "detection:\n  thresholds_file: cal.yaml\n")
+    with pytest.raises(ConfigError, match=f"detection.thresholds_file: .*cal.yaml: {message}"):
+        load_settings(path)
