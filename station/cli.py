@@ -73,6 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     detections.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
     detections.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
+    xc = _command(commands, "xc", None, "the validation companion: measure accuracy, calibrate thresholds")
+    xc_commands = xc.add_subparsers(title="xc commands", metavar="COMMAND")
+    validate = _command(xc_commands, "validate", cmd_xc_validate,
+                        "replay labelled recordings through the pipeline and report accuracy")
+    validate.add_argument("manifest", type=Path,
+                          help="a manifest CSV, or a folder with manifest.csv (columns path, scientific_name, common_name)")
+    validate.add_argument("--out", type=Path, default=Path("validation"), help="report folder (default ./validation)")
+    validate.add_argument("--model", type=Path, help="model folder (overrides model.path)")
+    validate.add_argument("--rare", nargs="*", default=[], metavar="SPECIES",
+                          help="species that raise RARE_SPECIES in the alert pass")
+    _config_option(validate)
+    calibrate = _command(xc_commands, "calibrate", cmd_xc_calibrate,
+                         "per-species thresholds that reach a target precision on validation scores")
+    calibrate.add_argument("scores", type=Path, help="scores.npz from `station xc validate`")
+    calibrate.add_argument("--precision", type=float, default=0.9, help="target precision (default 0.9)")
+    calibrate.add_argument("--min-files", type=int, default=2, help="labelled files a species needs (default 2)")
+    calibrate.add_argument("--out", type=Path, default=Path("thresholds.yaml"),
+                           help="YAML for detection.thresholds_file (default ./thresholds.yaml)")
+
     devices = _command(commands, "devices", cmd_devices, "list audio input devices")
     _config_option(devices)
     return parser
@@ -196,6 +215,41 @@ def cmd_detections(args) -> int:
             print(json.dumps(row))
     else:
         print(format_table(rows))
+    return 0
+
+
+def cmd_xc_validate(args) -> int:
+    from .app import build_classifier
+    from .export import require
+    from .validation import metrics_of, read_manifest, validate
+
+    require("matplotlib", extra="companion")
+    from .report import write_report
+
+    settings = settings_for(args)
+    manifest = args.manifest / "manifest.csv" if args.manifest.is_dir() else args.manifest
+    classifier = build_classifier(settings)
+    results = validate(read_manifest(manifest), classifier, settings)
+    metrics = metrics_of(results, classifier.labels)
+    files = write_report(results, metrics, classifier.labels, args.out, classifier.model_name, args.rare)
+    print(f"{metrics.files} files scored: top-1 {metrics.top1:.3f}, top-3 {metrics.top3:.3f}, "
+          f"macro F1 {metrics.macro[2]:.3f}; report: {files['report']}")
+    return 0
+
+
+def cmd_xc_calibrate(args) -> int:
+    from .calibrate import calibrate, load_scores, snippet
+
+    if not 0 < args.precision <= 1:
+        raise StationError(f"--precision must be in (0, 1], not {args.precision}")
+    try:
+        scores, truth, labels = load_scores(args.scores)
+    except (OSError, KeyError, ValueError) as exc:
+        raise StationError(f"{args.scores}: not a scores file from `station xc validate`: {exc}") from None
+    thresholds = calibrate(scores, truth, labels, args.precision, args.min_files)
+    args.out.write_text(snippet(thresholds, args.precision, str(args.scores)), encoding="utf-8")
+    print(f"{len(thresholds)} species reach precision {args.precision:.2f}; wrote {args.out} "
+          "(set detection.thresholds_file to use it)")
     return 0
 
 

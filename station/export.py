@@ -46,8 +46,8 @@ def require(module: str, extra: str = "export"):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ModelError(f"{module} is not installed: pip install 'field-station[{extra}]' "
-                         "(and torch==2.13.0 first, for the CPU build)") from None
+        torch_hint = " (and torch==2.13.0 first, for the CPU build)" if extra == "export" else ""
+        raise ModelError(f"{module} is not installed: pip install 'field-station[{extra}]'{torch_hint}") from None
 
 
 def export_model(options: ExportOptions) -> ModelFolder:

@@ -164,3 +164,31 @@ def test_validate_the_shared_clips_end_to_end(shared_species_model, shared_data,
     scores, truth, label_names = load_scores(files["scores"])
     assert scores.shape == (len(clips), len(classifier.labels)) and (truth >= 0).sum() == len(rows)
     assert "top-1 accuracy" in files["report"].read_text()
+
+
+def test_validate_and_calibrate_on_the_command_line(shared_species_model, shared_data, tmp_path):
+    from conftest import station_cli
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rows = list(csv.DictReader(open(shared_data / "manifest.csv")))
+    chosen = [r for r in rows if r["path"].startswith("audio/birds_misc/") or r["path"].startswith("audio/noise/")]
+    with open(folder / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        for r in chosen:
+            writer.writerow({**r, "path": str(shared_data / r["path"])})
+    result = station_cli("xc", "validate", str(folder), "--model", str(shared_species_model),
+                         "--out", str(tmp_path / "report"), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "files scored: top-1" in result.stdout and (tmp_path / "report" / "report.md").is_file()
+    calibrated = station_cli("xc", "calibrate", str(tmp_path / "report" / "scores.npz"), "--precision", "0.5",
+                             "--min-files", "1", "--out", str(tmp_path / "t.yaml"), cwd=tmp_path)
+    assert calibrated.returncode == 0, calibrated.stderr
+    thresholds = yaml.safe_load((tmp_path / "t.yaml").read_text())
+    assert isinstance(thresholds, dict)
+    config = tmp_path / "c.yaml"
+    config.write_text("detection:\n  thresholds_file: t.yaml\n")
+    assert station_cli("config", "check", str(config), cwd=tmp_path).returncode == 0
+    bad = station_cli("xc", "calibrate", str(tmp_path / "report" / "results.csv"), cwd=tmp_path)
+    assert bad.returncode == 1 and "not a scores file" in bad.stderr
