@@ -75,6 +75,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     xc = _command(commands, "xc", None, "the validation companion: measure accuracy, calibrate thresholds")
     xc_commands = xc.add_subparsers(title="xc commands", metavar="COMMAND")
+    seed = _command(xc_commands, "seed", cmd_xc_seed,
+                    "download a validation set from Xeno-Canto (key: $STATION_XC_KEY or credential xc_key)")
+    seed.add_argument("--species", nargs="+", metavar="NAME",
+                      help="scientific ('Strix aluco') or English names (default: the model's labels)")
+    seed.add_argument("--country", help="Xeno-Canto country, e.g. 'Puerto Rico'")
+    seed.add_argument("--query", help="extra Xeno-Canto tags, e.g. 'type:song grp:birds'")
+    seed.add_argument("--per-species", type=int, default=5, help="recordings per species (default 5)")
+    seed.add_argument("--quality", choices=list("ABCDE"), help="lowest quality grade to accept")
+    seed.add_argument("--max-length", type=float, help="longest recording, seconds")
+    seed.add_argument("--licence", help="licence tag, e.g. BY-NC-SA")
+    seed.add_argument("--no-background", action="store_true", help="skip recordings with background species")
+    seed.add_argument("--out", type=Path, default=Path("xc-set"), help="download folder (default ./xc-set)")
+    seed.add_argument("--concurrency", type=int, default=3, help="parallel downloads (default 3)")
+    seed.add_argument("--api-url", default=None, help="API endpoint (a mirror or a test server)")
+    seed.add_argument("--model", type=Path, help="model folder whose labels give the species")
+    seed.add_argument("--db", type=Path, help="database for the xc_recordings table (overrides storage.database)")
+    _config_option(seed)
     validate = _command(xc_commands, "validate", cmd_xc_validate,
                         "replay labelled recordings through the pipeline and report accuracy")
     validate.add_argument("manifest", type=Path,
@@ -216,6 +233,32 @@ def cmd_detections(args) -> int:
     else:
         print(format_table(rows))
     return 0
+
+
+def cmd_xc_seed(args) -> int:
+    import asyncio
+
+    from .config import read_secret
+    from .export import require
+    from .xc_api import API_URL, XenoCantoClient
+    from .xc_seed import SeedOptions, seed
+
+    require("httpx", extra="companion")
+    settings = settings_for(args)
+    species = args.species
+    if not species and not (args.query or args.country):
+        from .model_folder import load_folder
+
+        species = [s.scientific_name or s.common_name for s in load_folder(settings.model.path).labels]
+    options = SeedOptions(args.out, species or (), args.country, args.query, args.per_species, args.quality,
+                          args.max_length, args.licence, args.no_background, args.concurrency,
+                          settings.storage.database)
+    client = XenoCantoClient(read_secret("xc_key") or "", args.api_url or API_URL, cache_dir=args.out / ".cache")
+    report = asyncio.run(seed(options, client))
+    print(f"{len(report.selected)} recordings chosen: {report.downloaded} downloaded, {report.already_present} "
+          f"already here, {len(report.restricted)} restricted, {len(report.failed)} failed; "
+          f"{len(report.not_found)} queries found nothing; manifest: {report.manifest}")
+    return 1 if report.failed else 0
 
 
 def cmd_xc_validate(args) -> int:

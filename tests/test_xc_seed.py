@@ -1,0 +1,168 @@
+"""Seeding from a Xeno-Canto stand-in on loopback: pages, errors, retries, resume, a secret key."""
+import asyncio
+import csv
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fake_xeno_canto import KEY, FakeXenoCanto
+from station.xc_api import XenoCantoClient, XenoCantoError, check_tagged, mask, parse_length
+from station.xc_seed import SeedOptions, seed
+
+httpx = pytest.importorskip("httpx", reason="httpx is in the companion extra")
+
+PR_SPECIES = ["Nesospingus speculiferus", "Coereba flaveola", "Melanerpes portoricensis", "Puerto Rican Tody"]
+
+
+@pytest.fixture
+def fake(shared_data):
+    with FakeXenoCanto(shared_data) as server:
+        yield server
+
+
+def client(fake, tmp_path, key=KEY, **kwargs) -> XenoCantoClient:
+    return XenoCantoClient(key=key, base_url=fake.api_url, cache_dir=tmp_path / "cache", min_interval=0,
+                           backoff=0.01, **kwargs)
+
+
+def run(options, xc):
+    return asyncio.run(seed(options, xc, progress=False))
+
+
+def test_seed_end_to_end_writes_files_manifest_and_table(fake, tmp_path):
+    out, db = tmp_path / "set", tmp_path / "st.db"
+    options = SeedOptions(out, species=PR_SPECIES, per_species=2, database=db)
+    report = run(options, client(fake, tmp_path))
+    assert report.downloaded == len(report.selected) == 4 and not report.failed  # one each in the fixtures
+    with open(report.manifest) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == report.downloaded
+    assert {r["scientific_name"] for r in rows} == set(PR_SPECIES[:3]) | {"Todus mexicanus"}  # en:"=..." matched
+    for row in rows:
+        audio = out / row["path"]
+        assert audio.is_file() and audio.read_bytes()[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3")
+        assert row["license"].startswith("https://creativecommons.org/")
+        assert row["recordist"] and f"rec={row['recordist']}" in row["notes"]
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM xc_recordings").fetchone()[0] == len(rows)
+    assert not list(out.glob("*.part"))
+
+
+def test_choose_keeps_the_best_n_usable_recordings():
+    from station.xc_api import Recording
+    from station.xc_seed import choose
+
+    def rec(i, q, also=(), file="https://x/1/download"):
+        return Recording(str(i), "A b", "Ab", "r", "c", "l", q, 10.0, file, "", "x.mp3", also, "44100")
+    pool = [rec(5, "C"), rec(4, "A", also=("X y",)), rec(3, "", file=""), rec(2, "B"), rec(1, "no score"), rec(6, "A")]
+    assert [r.id for r in choose(pool, SeedOptions(Path("."), per_species=3))] == ["4", "6", "2"]
+    assert [r.id for r in choose(pool, SeedOptions(Path("."), per_species=3, no_background=True))] == ["6", "2", "5"]
+
+
+def test_pages_are_followed_and_cached(fake, tmp_path):
+    xc = client(fake, tmp_path)
+    async def search(query, per_page):
+        async with httpx.AsyncClient() as http:
+            return await xc.search(http, query, per_page=per_page)
+    everything = asyncio.run(search('cnt:"Puerto Rico"', per_page=7))
+    assert len(everything) == len(fake.recordings)
+    assert sum(p == "/api/3/recordings" for p in fake.requests) == -(-len(fake.recordings) // 7)
+    again = asyncio.run(search('cnt:"Puerto Rico"', per_page=7))
+    assert len(again) == len(everything)
+    assert sum(p == "/api/3/recordings" for p in fake.requests) == -(-len(fake.recordings) // 7), "served from cache"
+
+
+def test_an_interrupted_download_is_fetched_again_and_complete_files_are_not(fake, tmp_path):
+    out = tmp_path / "set"
+    options = SeedOptions(out, species=PR_SPECIES[:3], per_species=1)
+    fake.truncate_next = 1
+    first = run(options, client(fake, tmp_path, retries=1))
+    assert len(first.failed) == 1 and first.downloaded == 2
+    assert not list(out.glob("*.part")) or all(p.stat().st_size > 0 for p in out.glob("*.part"))
+    downloads_before = sum(p.endswith("/download") for p in fake.requests)
+    second = run(options, client(fake, tmp_path))
+    assert (second.downloaded, second.already_present, second.failed) == (1, 2, [])
+    assert sum(p.endswith("/download") for p in fake.requests) == downloads_before + 1
+    with open(second.manifest) as f:
+        assert len(list(csv.DictReader(f))) == 3
+
+
+def test_503_is_retried_with_backoff_then_succeeds(fake, tmp_path):
+    fake.fail_next = 2
+    report = run(SeedOptions(tmp_path / "set", species=PR_SPECIES[:1], per_species=1), client(fake, tmp_path))
+    assert report.downloaded == 1
+    assert fake.requests[:3] == ["/api/3/recordings"] * 3
+
+
+def test_503_forever_gives_up_with_a_clear_error(fake, tmp_path):
+    fake.fail_next = 100
+    with pytest.raises(XenoCantoError, match="HTTP 503, gave up after 3 attempts"):
+        run(SeedOptions(tmp_path / "set", species=PR_SPECIES[:1]), client(fake, tmp_path, retries=3))
+
+
+def test_wrong_key_and_untagged_query_are_clear_errors(fake, tmp_path):
+    with pytest.raises(XenoCantoError, match="refused the API key .HTTP 401.: missing or invalid"):
+        run(SeedOptions(tmp_path / "a", species=PR_SPECIES[:1]), client(fake, tmp_path, key="wrong"))
+    with pytest.raises(XenoCantoError, match="takes tags only"):
+        check_tagged("larus fuscus")
+    xc = client(fake, tmp_path)
+    async def raw():  # past the client's own check, the API's 400 message comes through
+        async with httpx.AsyncClient() as http:
+            await xc.request(http, fake.api_url, params={"query": "larus fuscus", "key": KEY})
+    with pytest.raises(XenoCantoError, match="HTTP 400: Xeno-canto API v3 only accepts queries using tags"):
+        asyncio.run(raw())
+    with pytest.raises(XenoCantoError, match="no Xeno-Canto API key"):
+        XenoCantoClient(key="")
+
+
+def test_restricted_recordings_are_skipped_and_reported(fake, tmp_path):
+    report = run(SeedOptions(tmp_path / "set", species=["Amazona vittata"], per_species=2), client(fake, tmp_path))
+    assert report.restricted == ["XC999999 Amazona vittata"] and report.downloaded == 0
+
+
+def test_the_key_appears_in_no_log_line_error_cache_file_or_manifest(fake, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
+    fake.fail_next, fake.truncate_next = 1, 1
+    run(SeedOptions(tmp_path / "set", species=PR_SPECIES[:2], per_species=2, database=tmp_path / "st.db"),
+        client(fake, tmp_path))
+    with pytest.raises(XenoCantoError) as error:
+        run(SeedOptions(tmp_path / "x", species=PR_SPECIES[3:]), client(fake, tmp_path, key=KEY + "-bad"))
+    assert KEY not in str(error.value)
+    assert caplog.records and not [r for r in caplog.records if KEY in r.getMessage()]
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    assert mask(f"https://x/api?query=a&key={KEY}&page=2", KEY) == "https://x/api?query=a&key=***&page=2"
+
+
+def test_lengths_parse_leniently():
+    assert (parse_length("4:13"), parse_length("1:02:03"), parse_length("?")) == (253.0, 3723.0, 0.0)
+
+
+def test_seed_on_the_command_line_takes_species_from_the_model_and_the_key_from_the_environment(
+        fake, tmp_path, shared_data):
+    import os
+    import subprocess
+    import sys
+
+    from station.model_folder import write_labels
+    from station.types import Species
+
+    model = tmp_path / "model"
+    model.mkdir()
+    write_labels(model / "labels.tsv", [Species("Todus mexicanus_Puerto Rican Tody", "Todus mexicanus",
+                                                "Puerto Rican Tody"), Species("Spixs Guan", None, "Spixs Guan")])
+    (model / "manifest.json").write_text('{"name": "m", "input": {"name": "x", "sample_rate": 48000, '
+                                         '"window_seconds": 3}, "output": {"name": "y"}}')
+    env = {**os.environ, "STATION_XC_KEY": KEY}
+    command = [sys.executable, "-m", "station.cli", "xc", "seed", "--model", str(model), "--per-species", "1",
+               "--out", str(tmp_path / "set"), "--db", str(tmp_path / "st.db"), "--api-url", fake.api_url]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "1 downloaded" in result.stdout and "1 queries found nothing" in result.stdout
+    assert KEY not in result.stdout + result.stderr
+    missing_key = subprocess.run(command, capture_output=True, text=True, timeout=60,
+                                 env={k: v for k, v in env.items() if k != "STATION_XC_KEY"})
+    assert missing_key.returncode == 1 and "no Xeno-Canto API key" in missing_key.stderr
