@@ -77,6 +77,54 @@ class ReplaySettings(Section):
     chunk_seconds: float = Field(10.0, gt=0.0)
 
 
+class TlsSettings(Section):
+    ca_file: Path | None = None  # CA that signed the broker's certificate; None: the system's CAs
+    cert_file: Path | None = None  # client certificate, for brokers that require one
+    key_file: Path | None = None
+    insecure: bool = False  # skip host name verification (test setups only)
+
+
+class HomeAssistantSettings(Section):
+    enabled: bool = False
+    discovery_prefix: str = "homeassistant"
+
+
+class MqttSettings(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    client_id: str | None = None  # None: field-station-<station.id>
+    keepalive: int = Field(60, ge=5, le=3600)
+    username: str | None = None  # the password comes from read_secret("mqtt_password")
+    tls: TlsSettings | None = None
+    topic_prefix: str = Field("station", pattern=r"^[^#+]+$")
+    reconnect_max_seconds: float = Field(60.0, gt=0)
+    health_seconds: float = Field(60.0, gt=0)  # how often the retained health message is refreshed
+    keep_sent_hours: float = Field(168.0, ge=0)  # sent messages are deleted from the outbox after this
+    homeassistant: HomeAssistantSettings = HomeAssistantSettings()
+
+
+class AlertSettings(Section):
+    enabled: bool = True
+    rare_species: list[str] = []  # by label, scientific or common name
+    low_confidence: float = Field(0.5, ge=0.0, le=1.0)  # a loud window whose best score is below this
+    unknown_sound: float = Field(0.3, ge=0.0, le=1.0)  # ... and below this: nothing explains it
+    loud_dbfs: float = Field(-35.0, le=0.0)  # how loud a window must be for those two
+    new_species: bool = True  # NEW_SPECIES: first today (local time) and first ever at this station
+    frequency_window_minutes: float = Field(60.0, gt=0)  # HIGH/LOW_FREQUENCY: activity in this window...
+    baseline_windows: int = Field(24, ge=3)  # ... against this many previous windows of the same length
+    min_history_hours: float = Field(24.0, ge=0)  # no frequency alerts before the station has this history
+    high_sigma: float = Field(2.0, gt=0)
+    low_sigma: float = Field(1.5, gt=0)
+    min_count: int = Field(3, ge=1)  # HIGH_FREQUENCY needs at least this many detections in the window
+    cooldown_minutes: float = Field(30.0, ge=0)  # per alert type and species
+    type_cooldown_minutes: dict[str, float] = {}  # per type, e.g. {UNKNOWN_SOUND: 120}
+    no_audio_seconds: float = Field(60.0, gt=0)  # health: no audio for this long
+    lag_seconds: float = Field(30.0, gt=0)  # health: inference this far behind the microphone
+    disk_free_mb: float = Field(500.0, ge=0)  # health: free space where the database lives
+    check_seconds: float = Field(10.0, gt=0)  # how often health is checked
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     summary_seconds: float = Field(60.0, gt=0.0)
@@ -90,6 +138,8 @@ class Settings(Section):
     windowing: WindowSettings = WindowSettings()
     detection: DetectionSettings = DetectionSettings()
     replay: ReplaySettings = ReplaySettings()
+    alerts: AlertSettings = AlertSettings()
+    mqtt: MqttSettings = MqttSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

@@ -59,8 +59,23 @@ def _v1_detections_and_runs(db: sqlite_utils.Database) -> None:
     db["detections"].create_index(["status"])
 
 
+def _v2_alerts_and_outbox(db: sqlite_utils.Database) -> None:
+    db["alerts"].create(
+        {"id": str, "station": str, "type": str, "label": str, "scientific_name": str, "common_name": str,
+         "detection_ids": str, "payload": str, "event_time": str, "created": str},
+        pk="id", not_null={"station", "type", "detection_ids", "payload", "event_time", "created"})
+    db["alerts"].create_index(["type", "label", "event_time"])
+    db["alerts"].create_index(["created"])
+    db.execute("""CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload TEXT NOT NULL,
+        qos INTEGER NOT NULL DEFAULT 1, retain INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL,
+        sent_at TEXT, attempts INTEGER NOT NULL DEFAULT 0)""")
+    db.execute("CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL")
+    db.execute("CREATE INDEX outbox_sent_at ON outbox (sent_at)")
+
+
 # Append only: a migration, once released, never changes. user_version = len(applied).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_detections_and_runs]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_detections_and_runs, _v2_alerts_and_outbox]
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
