@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 mode="${1:-}"
 system_packages=(libportaudio2 libsndfile1 ffmpeg sqlite3)
 if [[ "$mode" == "--dev" ]]; then
-  system_packages+=(mosquitto mosquitto-clients pulseaudio pulseaudio-utils libasound2-plugins)
+  system_packages+=(mosquitto mosquitto-clients openssl pulseaudio pulseaudio-utils libasound2-plugins)
 fi
 
 missing=()

@@ -108,7 +108,7 @@ class AlertEngine:
                                     {"confidence": round(det.confidence, 4)})
         if self.settings.new_species:
             heard_before = self._heard_before(db, det, since=None)
-            if not heard_before or not self._heard_before(db, det, since=_local_midnight(det.start_time)):
+            if not heard_before or not self._heard_before(db, det, since=local_midnight(det.start_time)):
                 self.writer.raise_alert(db, "NEW_SPECIES", det.start_time, det.species, [det.id],
                                         {"first_ever": not heard_before, "confidence": round(det.confidence, 4)})
 
@@ -166,6 +166,6 @@ class AlertEngine:
             yield names[label], int(c[0]), float(c[1:].mean()), float(c[1:].std())
 
 
-def _local_midnight(moment: datetime) -> datetime:
+def local_midnight(moment: datetime) -> datetime:
     local = moment.astimezone()
     return local.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -8,10 +8,15 @@ from pathlib import Path
 from threading import Event
 from typing import Iterator
 
+from .alerts import AlertEngine
 from .capture import MicSource
-from .config import Settings
+from .config import Settings, read_secret
 from .detection import Detector, SpeciesFilter
+from .health import HealthMonitor
+from .homeassistant import Discovery
 from .inference import OnnxClassifier
+from .messages import Topics
+from .mqtt import MqttService
 from .pipeline import Pipeline
 from .sources import DirectorySource, FileSource
 from .store import Store
@@ -73,19 +78,48 @@ def stop_on_signals() -> Iterator[Event]:
             signal.signal(sig, old)
 
 
+def start_mqtt(settings: Settings, topics: Topics, model: str) -> MqttService:
+    discovery = None
+    if settings.mqtt.homeassistant.enabled:
+        discovery = Discovery(topics, settings.mqtt.homeassistant.discovery_prefix, model)
+    service = MqttService(settings.mqtt, topics, settings.storage.database, read_secret("mqtt_password"),
+                          on_connected=discovery.announce if discovery else None)
+    if discovery:
+        discovery.attach(service)
+    service.start()
+    return service
+
+
 def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
-    """Build the stages, run the source to its end or to `stop`, and return the run's counters."""
+    """Build the stages, run the source to its end or to `stop`, and return the run's counters.
+
+    Shutdown order: the pipeline stops capture, drains and closes events; then health
+    checks stop, the outbox is flushed (bounded wait), `offline` is published, the DB closed.
+    """
     classifier = build_classifier(settings)
     store = Store.open(settings.storage.database)
+    mqtt = health = None
     try:
         store.recover()
         run_id = store.start_run(settings.station.id, command, classifier.model_name)
         log.info("%s: %s -> %s (model %s, run %d)", command, source.name,
                  settings.storage.database, classifier.model_name, run_id)
+        topics = Topics(settings.mqtt.topic_prefix, settings.station.id) if settings.mqtt.enabled else None
         pipeline = Pipeline(
             source, build_windower(settings, classifier), classifier,
             build_detector(settings, classifier), store, run_id, stop,
+            listeners=[AlertEngine(settings.alerts, settings.station.id, topics)],
             summary_seconds=settings.logging.summary_seconds)
+        mqtt = start_mqtt(settings, topics, classifier.model_name) if topics else None
+        health = HealthMonitor(
+            pipeline.health, settings.alerts, settings.station.id, settings.storage.database, topics,
+            live=command == "run", publish=(lambda t, p: mqtt.publish_now(t, p, retain=True)) if mqtt else None,
+            publish_seconds=settings.mqtt.health_seconds)
+        health.start()
         return pipeline.run()
     finally:
+        if health:
+            health.stop()
+        if mqtt:
+            mqtt.stop()
         store.close()

@@ -109,6 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--out", type=Path, default=Path("thresholds.yaml"),
                            help="YAML for detection.thresholds_file (default ./thresholds.yaml)")
 
+    alerts = _command(commands, "alerts", cmd_alerts, "recent alerts as a table")
+    _config_option(alerts)
+    alerts.add_argument("--db", type=Path, help="database file (overrides storage.database)")
+    alerts.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    alerts.add_argument("--type", help="only alerts of this type, e.g. RARE_SPECIES")
+    alerts.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+
+    mqtt = _command(commands, "mqtt", None, "MQTT publishing")
+    mqtt_commands = mqtt.add_subparsers(title="mqtt commands", metavar="COMMAND")
+    mqtt_test = _command(mqtt_commands, "test", cmd_mqtt_test,
+                         "connect to the configured broker, publish a test message and report")
+    _config_option(mqtt_test)
+
     devices = _command(commands, "devices", cmd_devices, "list audio input devices")
     _config_option(devices)
     return parser
@@ -217,6 +230,14 @@ def cmd_config_check(args) -> int:
 
 
 def cmd_detections(args) -> int:
+    return _print_rows(args, lambda store: store.recent(args.limit))
+
+
+def cmd_alerts(args) -> int:
+    return _print_rows(args, lambda store: store.recent_alerts(args.limit, args.type))
+
+
+def _print_rows(args, query) -> int:
     from .store import Store
 
     settings = settings_for(args)
@@ -224,14 +245,25 @@ def cmd_detections(args) -> int:
         raise StationError(f"{settings.storage.database}: no database yet (run or replay first)")
     store = Store.open(settings.storage.database)
     try:
-        rows = store.recent(args.limit)
+        rows = query(store)
     finally:
         store.close()
     if args.json:
         for row in rows:
             print(json.dumps(row))
     else:
-        print(format_table(rows))
+        print(format_table(rows) if rows else "nothing yet")
+    return 0
+
+
+def cmd_mqtt_test(args) -> int:
+    from .config import read_secret
+    from .messages import Topics
+    from .mqtt import check_connection
+
+    settings = settings_for(args)
+    topics = Topics(settings.mqtt.topic_prefix, settings.station.id)
+    print(check_connection(settings.mqtt, topics, read_secret("mqtt_password")))
     return 0
 
 
@@ -307,8 +339,6 @@ def cmd_devices(args) -> int:
 
 
 def format_table(rows: list[dict]) -> str:
-    if not rows:
-        return "no detections"
     columns = list(rows[0])
     cells = [[_cell(row[c]) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]

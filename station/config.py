@@ -203,8 +203,16 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
             "storage": settings.storage.model_copy(update={"database": resolve(settings.storage.database)}),
             "model": settings.model.model_copy(update={"path": resolve(settings.model.path)}),
             "detection": _with_thresholds_file(settings.detection, base),
+            "mqtt": _with_tls_paths(settings.mqtt, resolve),
         }
     )
+
+
+def _with_tls_paths(mqtt: MqttSettings, resolve) -> MqttSettings:
+    if mqtt.tls is None:
+        return mqtt
+    paths = {k: resolve(v) for k, v in mqtt.tls.model_dump().items() if isinstance(v, Path)}
+    return mqtt.model_copy(update={"tls": mqtt.tls.model_copy(update=paths)})
 
 
 def _with_thresholds_file(detection: DetectionSettings, base: Path) -> DetectionSettings:

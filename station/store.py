@@ -175,6 +175,11 @@ class Store:
             "SELECT start_time, end_time, common_name, scientific_name, confidence, window_count, "
             "source, status FROM detections ORDER BY start_time DESC LIMIT ?", [limit]))
 
+    def recent_alerts(self, limit: int = 20, alert_type: str | None = None) -> list[dict]:
+        return list(self.db.query(
+            "SELECT event_time, type, common_name, scientific_name, detection_ids, created FROM alerts "
+            "WHERE ? IS NULL OR type = ? ORDER BY event_time DESC LIMIT ?", [alert_type, alert_type, limit]))
+
     def close(self) -> None:
         self.db.conn.close()
 

@@ -147,3 +147,43 @@ def test_open_events_raise_nothing_and_are_not_published(station):
     open_event = Detection("o1", "st", "mic", "m", OWL, 0.9, 0.9, 1, T0, T0, 0, 3, status="open")
     station.feed([open_event])
     assert station.alerts() == [] and station.outbox_topics() == []
+
+
+def test_health_rules_device_lost_and_recovered_no_audio_lag_and_disk(tmp_path, monkeypatch):
+    import station.health as health_module
+    from station.health import HealthMonitor
+
+    clock = [1000.0]
+    monkeypatch.setattr(health_module.time, "monotonic", lambda: clock[0])
+    store = Store.open(tmp_path / "st.db")
+    monitor = HealthMonitor(lambda: {}, AlertSettings(no_audio_seconds=60, lag_seconds=30, disk_free_mb=100,
+                                                      cooldown_minutes=0), "st", tmp_path / "st.db",
+                            Topics("station", "st"), live=True)
+    figures = {"audio_seconds": 10.0, "connected": True, "lag_seconds": 1.0, "disk_free_mb": 5000.0}
+    steps = [
+        ({}, 0), ({"connected": False}, 10), ({"connected": False}, 10), ({"connected": True, "audio_seconds": 20.0}, 10),
+        ({"audio_seconds": 20.0}, 70), ({"audio_seconds": 30.0, "lag_seconds": 45.0}, 10), ({"disk_free_mb": 50.0}, 10),
+    ]
+    for change, advance in steps:
+        clock[0] += advance
+        with store.transaction():
+            monitor.check(store.db, {**figures, **change}, T0 + timedelta(seconds=clock[0]))
+    types = [r["type"] for r in store.db.query("SELECT type FROM alerts ORDER BY event_time")]
+    assert types == ["DEVICE_LOST", "DEVICE_RECOVERED", "NO_AUDIO", "INFERENCE_BEHIND", "DISK_LOW"]
+    message = monitor.message(store.db, {**figures, "windows": 3, "detections": 1})
+    import jsonschema
+    from conftest import REPO
+    jsonschema.validate(message, json.loads((REPO / "station/schemas/health.schema.json").read_text()))
+    assert message["outbox_backlog"] == 5  # each health alert was queued for MQTT
+
+
+def test_a_replay_raises_no_live_health_alerts(tmp_path):
+    from station.health import HealthMonitor
+
+    store = Store.open(tmp_path / "st.db")
+    monitor = HealthMonitor(lambda: {}, AlertSettings(no_audio_seconds=0.001), "st", tmp_path / "st.db", None, live=False)
+    with store.transaction():
+        for _ in range(3):
+            monitor.check(store.db, {"audio_seconds": 1.0, "connected": False, "lag_seconds": 999.0,
+                                     "disk_free_mb": 5000.0}, T0)
+    assert list(store.db.query("SELECT * FROM alerts")) == []

@@ -1,0 +1,95 @@
+"""A health monitor thread: station health alerts and the retained health message.
+
+It reads the pipeline's live figures (never writes to the pipeline) and has its own
+database connection. Live runs check NO_AUDIO, DEVICE_LOST / DEVICE_RECOVERED and
+INFERENCE_BEHIND; every run checks DISK_LOW where the database lives.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .alerts import AlertWriter, local_midnight
+from .config import AlertSettings
+from .messages import HEALTH_SCHEMA, Topics, encode
+from .outbox import backlog
+from .store import connect, iso
+
+log = logging.getLogger(__name__)
+
+
+class HealthMonitor:
+    def __init__(self, figures: Callable[[], dict], settings: AlertSettings, station: str, database: Path,
+                 topics: Topics | None, live: bool, publish: Callable[[str, str], bool] | None = None,
+                 publish_seconds: float = 60.0):
+        self.figures = figures
+        self.settings = settings
+        self.station = station
+        self.database = Path(database)
+        self.topics = topics
+        self.live = live
+        self.publish = publish
+        self.publish_seconds = publish_seconds
+        self.writer = AlertWriter(station, settings, topics)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+        self._was_connected: bool | None = None
+        self._audio_seen = (None, time.monotonic())
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        db = connect(self.database)
+        next_publish = time.monotonic()
+        try:
+            while not self._stop.wait(self.settings.check_seconds if self.live else min(self.settings.check_seconds, 1)):
+                figures = {**self.figures(), "disk_free_mb": self._disk_free_mb()}
+                if self.settings.enabled:
+                    with db.atomic():
+                        self.check(db, figures, datetime.now(timezone.utc))
+                if self.publish and self.topics and time.monotonic() >= next_publish:
+                    next_publish = time.monotonic() + self.publish_seconds
+                    self.publish(self.topics.health, encode(self.message(db, figures)))
+        finally:
+            db.conn.close()
+
+    def check(self, db, figures: dict, now: datetime) -> None:
+        raise_alert = lambda kind, details: self.writer.raise_alert(db, kind, now, details=details)  # noqa: E731
+        if figures["disk_free_mb"] < self.settings.disk_free_mb:
+            raise_alert("DISK_LOW", {"free_mb": round(figures["disk_free_mb"]), "path": str(self.database.parent)})
+        if not self.live:
+            return
+        connected = figures.get("connected", True)
+        if self._was_connected and not connected:
+            raise_alert("DEVICE_LOST", {"device_losses": figures.get("device_losses", 0)})
+        elif self._was_connected is False and connected:
+            raise_alert("DEVICE_RECOVERED", {"device_losses": figures.get("device_losses", 0)})
+        self._was_connected = connected
+        audio, since = self._audio_seen
+        if figures["audio_seconds"] != audio:
+            self._audio_seen = (figures["audio_seconds"], time.monotonic())
+        elif time.monotonic() - since >= self.settings.no_audio_seconds:
+            raise_alert("NO_AUDIO", {"silent_seconds": round(time.monotonic() - since)})
+        if figures.get("lag_seconds", 0) > self.settings.lag_seconds:
+            raise_alert("INFERENCE_BEHIND", {"lag_seconds": figures["lag_seconds"],
+                                             "dropped_seconds": figures.get("dropped_seconds", 0)})
+
+    def message(self, db, figures: dict) -> dict:
+        today = db.execute("SELECT count(*) FROM detections WHERE station = ? AND status != 'open' AND start_time >= ?",
+                           [self.station, iso(local_midnight(datetime.now(timezone.utc)))]).fetchone()[0]
+        return {"schema": HEALTH_SCHEMA, "id": f"{self.station}-{iso(datetime.now(timezone.utc))}",
+                "station": self.station, "time": iso(datetime.now(timezone.utc)), "detections_today": today,
+                "outbox_backlog": backlog(db), **figures}
+
+    def _disk_free_mb(self) -> float:
+        return shutil.disk_usage(self.database.parent).free / 1e6

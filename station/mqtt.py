@@ -1,0 +1,203 @@
+"""Publish the outbox over MQTT (paho-mqtt 2, callback API v2), surviving any broker outage.
+
+A sender thread with its own database connection publishes unsent outbox rows oldest
+first at their QoS and marks a row sent only once the broker acknowledged it (PUBACK).
+After a reconnect it starts again from the oldest unsent row, so a message may arrive
+twice, always with the same id, never not at all. The retained status topic says
+`online` once the broker accepted us and `offline` on a clean stop; the same `offline`
+is the last will for an unclean one. Each connection state change is logged once.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .config import MqttSettings
+from .messages import OFFLINE, ONLINE, Topics
+from .outbox import backlog, mark_sent, purge_sent, unsent
+from .store import connect
+
+log = logging.getLogger(__name__)
+
+MAX_INFLIGHT = 100
+POLL_SECONDS = 0.1
+PURGE_EVERY_SECONDS = 3600.0
+
+
+def make_client(settings: MqttSettings, topics: Topics, password: str | None) -> paho.Client:
+    """A paho client with identity, last will, credentials, TLS and reconnect backoff set."""
+    client = paho.Client(CallbackAPIVersion.VERSION2,
+                         client_id=settings.client_id or f"field-station-{topics.station}")
+    client.will_set(topics.status, OFFLINE, qos=1, retain=True)
+    if settings.username:
+        client.username_pw_set(settings.username, password)
+    if settings.tls:
+        tls = settings.tls
+        client.tls_set(ca_certs=str(tls.ca_file) if tls.ca_file else None,
+                       certfile=str(tls.cert_file) if tls.cert_file else None,
+                       keyfile=str(tls.key_file) if tls.key_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_insecure_set(tls.insecure)
+    client.reconnect_delay_set(min_delay=1, max_delay=int(settings.reconnect_max_seconds))
+    client.max_inflight_messages_set(MAX_INFLIGHT)
+    return client
+
+
+class MqttService:
+    def __init__(self, settings: MqttSettings, topics: Topics, database: Path, password: str | None,
+                 on_connected: Callable[["MqttService"], None] | None = None):
+        self.settings = settings
+        self.topics = topics
+        self.database = database
+        self.on_connected = on_connected
+        self.connected = threading.Event()
+        self.sent = 0
+        self._stop = threading.Event()
+        self._state = ""
+        self._restart_from_oldest = threading.Event()
+        self._message_handlers: dict[str, Callable[[str], None]] = {}
+        self.client = self._make_client(password)
+        self._thread = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+
+    def _make_client(self, password: str | None) -> paho.Client:
+        client = make_client(self.settings, self.topics, password)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def start(self) -> None:
+        self.client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
+        self.client.loop_start()
+        self._thread.start()
+
+    def subscribe(self, topic: str, handler: Callable[[str], None]) -> None:
+        """Handle messages on `topic` (subscribed again after every reconnect)."""
+        self._message_handlers[topic] = handler
+        if self.connected.is_set():
+            self.client.subscribe(topic, qos=1)
+
+    def publish_now(self, topic: str, payload: str, retain: bool = False, qos: int = 1) -> bool:
+        """Publish outside the outbox (health, discovery): skipped, not queued, while offline."""
+        if not self.connected.is_set():
+            return False
+        return self.client.publish(topic, payload, qos=qos, retain=retain).rc == paho.MQTT_ERR_SUCCESS
+
+    def _log_state(self, state: str, level: int = logging.INFO) -> None:
+        if state != self._state:
+            self._state = state
+            log.log(level, "mqtt %s:%d: %s", self.settings.host, self.settings.port, state)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._log_state(f"connection refused: {reason_code} (check mqtt.username and the mqtt_password "
+                            "secret); detections are kept in the outbox", logging.ERROR)
+            return
+        client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        for topic in self._message_handlers:
+            client.subscribe(topic, qos=1)
+        self._restart_from_oldest.set()
+        self.connected.set()
+        self._log_state("connected")
+        if self.on_connected:
+            self.on_connected(self)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._log_state("broker unreachable; retrying with backoff", logging.WARNING)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if not self._stop.is_set():
+            self._log_state(f"disconnected ({reason_code}); reconnecting", logging.WARNING)
+
+    def _on_message(self, client, userdata, message) -> None:
+        handler = self._message_handlers.get(message.topic)
+        if handler:
+            handler(message.payload.decode("utf-8", errors="replace"))
+
+    def _send_loop(self) -> None:
+        db = connect(self.database)
+        pending: dict[int, paho.MQTTMessageInfo] = {}
+        last_queued, next_purge = 0, time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if self._restart_from_oldest.is_set():
+                    self._restart_from_oldest.clear()
+                    pending.clear()
+                    last_queued = 0
+                acked = [row_id for row_id, info in pending.items() if info.is_published()]
+                if acked:
+                    mark_sent(db, acked)
+                    self.sent += len(acked)
+                    for row_id in acked:
+                        del pending[row_id]
+                if self.connected.is_set() and len(pending) < MAX_INFLIGHT:
+                    for row in unsent(db, after_id=last_queued, limit=MAX_INFLIGHT - len(pending)):
+                        pending[row["id"]] = self.client.publish(row["topic"], row["payload"], qos=row["qos"],
+                                                                 retain=bool(row["retain"]))
+                        last_queued = row["id"]
+                if time.monotonic() >= next_purge:
+                    next_purge = time.monotonic() + PURGE_EVERY_SECONDS
+                    purge_sent(db, self.settings.keep_sent_hours)
+                self._stop.wait(POLL_SECONDS)
+        finally:
+            db.conn.close()
+
+    def stop(self, flush_seconds: float = 10.0) -> None:
+        """Send what is queued (bounded wait), say offline, disconnect. Unsent rows stay queued."""
+        db = connect(self.database)
+        try:
+            deadline = time.monotonic() + flush_seconds
+            while self.connected.is_set() and time.monotonic() < deadline and backlog(db):
+                time.sleep(POLL_SECONDS)
+            self._stop.set()
+            self._thread.join(5)
+            if self.connected.is_set():
+                self.client.publish(self.topics.status, OFFLINE, qos=1, retain=True).wait_for_publish(2)
+            self.client.disconnect()
+            self.client.loop_stop()
+            log.info("mqtt stopped: %d message(s) sent this run, %d still queued", self.sent, backlog(db))
+        finally:
+            db.conn.close()
+
+
+def check_connection(settings: MqttSettings, topics: Topics, password: str | None, timeout: float = 10.0) -> str:
+    """Connect, publish one QoS 1 test message, wait for its acknowledgement; a line to report."""
+    from .errors import StationError
+
+    result: dict = {}
+    done = threading.Event()
+    client = make_client(settings, topics, password)
+
+    def on_connect(c, userdata, flags, reason_code, properties):
+        result["reason"] = reason_code
+        done.set()
+
+    client.on_connect = on_connect
+    started = time.monotonic()
+    try:
+        client.connect(settings.host, settings.port, settings.keepalive)
+    except (OSError, ssl.SSLError) as exc:
+        raise StationError(f"mqtt {settings.host}:{settings.port}: cannot connect: {exc}") from None
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            raise StationError(f"mqtt {settings.host}:{settings.port}: no answer within {timeout:.0f} s")
+        if result["reason"].is_failure:
+            raise StationError(f"mqtt {settings.host}:{settings.port}: connection refused: {result['reason']}")
+        info = client.publish(f"{topics.base}/test", "field-station mqtt test", qos=1)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise StationError(f"mqtt {settings.host}:{settings.port}: test message not acknowledged")
+        return (f"mqtt {settings.host}:{settings.port}: connected and published to {topics.base}/test "
+                f"(acknowledged after {1000 * (time.monotonic() - started):.0f} ms)")
+    finally:
+        client.disconnect()
+        client.loop_stop()

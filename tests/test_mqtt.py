@@ -1,0 +1,196 @@
+"""Publishing against a real Mosquitto on a free loopback port."""
+import json
+import logging
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from conftest import REPO, T0, station_cli, tone, write_config
+from mosquitto import Mosquitto, Subscriber, make_test_ca
+from station.alerts import AlertEngine
+from station.config import AlertSettings, MqttSettings, Settings
+from station.messages import Topics
+from station.mqtt import MqttService
+from station.store import Store
+from station.types import Detection, Species
+
+SCHEMAS = {name: json.loads((REPO / "station" / "schemas" / f"{name}.schema.json").read_text())
+           for name in ("detection", "alert", "health")}
+OWL = Species("Strix aluco_Tawny Owl", "Strix aluco", "Tawny Owl")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    (tmp_path / "broker").mkdir()
+    server = Mosquitto(tmp_path / "broker").start()
+    yield server
+    server.stop()
+
+
+def mqtt_config(port: int, extra: str = "") -> str:
+    return (f"station:\n  id: st1\ndetection:\n  threshold: 0.3\nmqtt:\n  enabled: true\n  port: {port}\n"
+            f"  reconnect_max_seconds: 2\n{extra}")
+
+
+def rows(db, sql):
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(sql)]
+
+
+def test_a_replay_publishes_every_detection_and_alert_valid_against_the_schemas(broker, tiny_model, gwwa, tmp_path):
+    subscriber = Subscriber(broker.port, "station/#")
+    config = write_config(tmp_path / "c.yaml", mqtt_config(broker.port))
+    result = station_cli("replay", str(gwwa), "--config", str(config), "--model", str(tiny_model),
+                         "--db", str(tmp_path / "st.db"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    stored = rows(tmp_path / "st.db", "SELECT id FROM detections WHERE status = 'closed'")
+    alerts = rows(tmp_path / "st.db", "SELECT id, type FROM alerts")
+    assert stored and alerts, "the tiny model detects and NEW_SPECIES fires on a first replay"
+    subscriber.wait_for(lambda: len(subscriber.json("station/st1/detections")) >= len(stored)
+                        and len(subscriber.json("station/st1/alerts/")) >= len(alerts))
+    detections = subscriber.json("station/st1/detections")
+    assert {d["id"] for d in detections} == {r["id"] for r in stored}
+    for payload in detections:
+        jsonschema.validate(payload, SCHEMAS["detection"])
+    published_alerts = subscriber.json("station/st1/alerts/")
+    assert {a["id"] for a in published_alerts} == {a["id"] for a in alerts}
+    for payload in published_alerts:
+        jsonschema.validate(payload, SCHEMAS["alert"])
+    statuses = [p for t, p, _ in subscriber.messages if t == "station/st1/status"]
+    assert statuses[0] == "online" and statuses[-1] == "offline"
+    assert rows(tmp_path / "st.db", "SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")[0]["n"] == 0
+    subscriber.close()
+
+
+def feed(store, engine, detections):
+    for det in detections:
+        with store.transaction():
+            store.save([det], None)
+            engine.on_batch(store.db, [], [det])
+
+
+def test_a_broker_outage_loses_nothing_and_keeps_order(broker, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="station.mqtt")
+    subscriber = Subscriber(broker.port, "station/st1/detections")
+    store = Store.open(tmp_path / "st.db")
+    topics = Topics("station", "st1")
+    engine = AlertEngine(AlertSettings(enabled=False), "st1", topics)
+    service = MqttService(MqttSettings(enabled=True, port=broker.port, reconnect_max_seconds=1), topics,
+                          tmp_path / "st.db", None)
+    service.start()
+    sent = [Detection(f"det{i:03d}", "st1", "mic", "m", OWL, 0.9, 0.9, 1, T0 + timedelta(seconds=i),
+                      T0 + timedelta(seconds=i + 3), i, i + 3, status="closed") for i in range(90)]
+    feed(store, engine, sent[:30])
+    subscriber.wait_for(lambda: len(subscriber.json("station")) >= 30)
+    broker.stop()
+    feed(store, engine, sent[30:60])  # the broker is down: these wait in the outbox
+    time.sleep(1.5)
+    broker.start()
+    feed(store, engine, sent[60:])
+    subscriber.wait_for(lambda: len({m["id"] for m in subscriber.json("station")}) >= 90, timeout=60)
+    service.stop()
+    store.close()
+    received = [m["id"] for m in subscriber.json("station")]
+    first_seen = list(dict.fromkeys(received))
+    assert first_seen == [d.id for d in sent], "every message arrived, first copies in order"
+    assert set(received) == set(first_seen)  # duplicates, if any, carry an id already seen
+    messages = [r.getMessage() for r in caplog.records if r.name == "station.mqtt"]
+    assert sum("connected" == m.rsplit(": ", 1)[-1] for m in messages) == 2
+    assert sum("disconnected" in m for m in messages) == 1
+    assert sum("unreachable" in m for m in messages) <= 1, "one line per state change, not per attempt"
+    subscriber.close()
+
+
+def test_a_wrong_password_is_reported_detections_are_kept_and_sent_once_fixed(tmp_path, tiny_model, gwwa):
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(tmp_path / "broker", users={"station": "right-pass", "reader": "reader-pass"}).start()
+    try:
+        subscriber = Subscriber(broker.port, "station/st1/detections", username="reader", password="reader-pass")
+        config = write_config(tmp_path / "c.yaml", mqtt_config(broker.port, "  username: station\n"))
+        db = tmp_path / "st.db"
+        args = ["replay", "--config", str(config), "--model", str(tiny_model), "--db", str(db)]
+        env = {**os.environ, "STATION_MQTT_PASSWORD": "wrong-pass"}
+        first = subprocess.run([sys.executable, "-m", "station.cli", *args[:1], str(gwwa), *args[1:]],
+                               cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+        assert first.returncode == 0, first.stderr
+        refused = [line for line in first.stderr.splitlines() if "connection refused" in line]
+        assert len(refused) == 1 and "mqtt_password" in refused[0]
+        assert "wrong-pass" not in first.stderr
+        stored = rows(db, "SELECT id FROM detections WHERE status = 'closed'")
+        assert stored and rows(db, "SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")[0]["n"] >= len(stored)
+
+        import soundfile as sf
+        sf.write(tmp_path / "short.wav", tone(16000, 2.0), 16000)
+        env["STATION_MQTT_PASSWORD"] = "right-pass"
+        second = subprocess.run([sys.executable, "-m", "station.cli", "replay", str(tmp_path / "short.wav"), *args[1:]],
+                                cwd=tmp_path, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 0, second.stderr
+        subscriber.wait_for(lambda: {m["id"] for m in subscriber.json("station")} >= {r["id"] for r in stored})
+        subscriber.close()
+    finally:
+        broker.stop()
+
+
+def test_tls_with_a_test_ca(tmp_path):
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "broker").mkdir()
+    pki = make_test_ca(tmp_path / "pki")
+    broker = Mosquitto(tmp_path / "broker", tls=pki).start()
+    try:
+        good = write_config(tmp_path / "good.yaml", mqtt_config(broker.port, "  tls:\n    ca_file: pki/ca.crt\n"))
+        ok = station_cli("mqtt", "test", "--config", str(good), cwd=tmp_path)
+        assert ok.returncode == 0, ok.stderr
+        assert "acknowledged" in ok.stdout
+        untrusted = write_config(tmp_path / "bad.yaml", mqtt_config(broker.port, "  tls: {}\n"))
+        refused = station_cli("mqtt", "test", "--config", str(untrusted), cwd=tmp_path)
+        assert refused.returncode == 1 and "certificate verify failed" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+    finally:
+        broker.stop()
+
+
+def test_mqtt_test_command_reports_success_and_an_unreachable_broker(broker, tmp_path):
+    ok = station_cli("mqtt", "test", "--config", str(write_config(tmp_path / "a.yaml", mqtt_config(broker.port))),
+                     cwd=tmp_path)
+    assert ok.returncode == 0 and f"127.0.0.1:{broker.port}: connected" in ok.stdout
+    broker.stop()
+    down = station_cli("mqtt", "test", "--config", str(write_config(tmp_path / "b.yaml", mqtt_config(broker.port))),
+                       cwd=tmp_path)
+    assert down.returncode == 1 and "cannot connect" in down.stderr
+
+
+def test_home_assistant_discovery_is_retained_and_re_announced(broker, tmp_path):
+    from station.app import start_mqtt
+    from station.homeassistant import discovery_messages
+
+    settings = Settings.model_validate({"station": {"id": "st1"}, "storage": {"database": str(tmp_path / "st.db")},
+                                        "mqtt": {"enabled": True, "port": broker.port,
+                                                 "homeassistant": {"enabled": True}}})
+    Store.open(tmp_path / "st.db").close()
+    topics = Topics("station", "st1")
+    expected = discovery_messages(topics, "homeassistant", "m")
+    subscriber = Subscriber(broker.port, "homeassistant/#", client_id="ha")
+    service = start_mqtt(settings, topics, "m")
+    subscriber.wait_for(lambda: len(subscriber.messages) >= len(expected))
+    configs = {t: json.loads(p) for t, p, _ in subscriber.messages}
+    event = configs["homeassistant/event/field_station_st1/detection/config"]
+    assert event["event_types"] == ["detection"] and event["state_topic"] == "station/st1/detections"
+    assert all(c["availability_topic"] == "station/st1/status" and c["device"]["identifiers"] == ["field_station_st1"]
+               for c in configs.values())
+    late = Subscriber(broker.port, "homeassistant/+/+/+/config", client_id="late")
+    late.wait_for(lambda: len(late.messages) >= len(expected))
+    assert all(retained for _, _, retained in late.messages)
+    before = len(subscriber.messages)
+    service.publish_now("homeassistant/status", "online")
+    subscriber.wait_for(lambda: len(subscriber.messages) >= before + 1 + len(expected))
+    service.stop()
+    subscriber.close()
+    late.close()
