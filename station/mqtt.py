@@ -138,15 +138,18 @@ class MqttService:
                     self.sent += len(acked)
                     for row_id in acked:
                         del pending[row_id]
+                published = 0
                 if self.connected.is_set() and len(pending) < MAX_INFLIGHT:
                     for row in unsent(db, after_id=last_queued, limit=MAX_INFLIGHT - len(pending)):
                         pending[row["id"]] = self.client.publish(row["topic"], row["payload"], qos=row["qos"],
                                                                  retain=bool(row["retain"]))
                         last_queued = row["id"]
+                        published += 1
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_EVERY_SECONDS
                     purge_sent(db, self.settings.keep_sent_hours)
-                self._stop.wait(POLL_SECONDS)
+                # Sleep only when idle: while a backlog drains, the next batch goes out at once.
+                self._stop.wait(POLL_SECONDS if not (acked or published) else 0.002)
         finally:
             db.conn.close()
 

@@ -34,6 +34,8 @@ class Mosquitto:
         # As root, mosquitto would switch to user "mosquitto", which cannot write in pytest's 0700 folders.
         lines = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "persistence true",
                  f"persistence_location {folder}/",
+                 # Mosquitto drops QoS 1 messages beyond 1000 queued for a slow subscriber by default.
+                 "max_queued_messages 0",
                  f"log_dest file {folder}/mosquitto.log", "log_type all"]
         if users:
             passwords = folder / "passwd"

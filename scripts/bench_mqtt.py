@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""MQTT figures against a real Mosquitto on loopback: latency, outbox throughput, backlog drain.
+
+- latency: a recording replayed in real time (0.5 s chunks) through the whole pipeline; for
+  each detection, the time from the moment its last audio was "heard" to its arrival at a
+  subscriber, and from its outbox row's commit to arrival;
+- throughput: 10,000 queued messages sent with the broker up;
+- drain: 10,000 messages queued during an outage, sent once the broker is back.
+
+    .venv/bin/python scripts/bench_mqtt.py --model .benchmarks/tiny-onnx
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from mosquitto import Mosquitto, Subscriber  # noqa: E402
+
+from station.app import run_pipeline  # noqa: E402
+from station.config import MqttSettings, Settings  # noqa: E402
+from station.messages import Topics  # noqa: E402
+from station.mqtt import MqttService  # noqa: E402
+from station.outbox import backlog, enqueue  # noqa: E402
+from station.sources import FileSource  # noqa: E402
+from station.store import connect  # noqa: E402
+
+DEFAULT_AUDIO = REPO.parent / "shared" / "data" / "audio" / "birds_misc" / "XC13738_GWWA.mp3"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def latency(model: Path, audio: Path, seconds: float, workdir: Path) -> dict:
+    broker = Mosquitto(workdir / "b1").start()
+    subscriber = Subscriber(broker.port, "station/bench/detections", client_id="bench-latency")
+    arrivals: dict[str, float] = {}
+    original = subscriber._on_message
+
+    def stamp(client, userdata, message):
+        arrivals.setdefault(json.loads(message.payload)["id"], time.time())
+        original(client, userdata, message)
+
+    subscriber.client.on_message = stamp
+    db = workdir / "latency.db"
+    settings = Settings.model_validate({
+        "station": {"id": "bench"}, "storage": {"database": str(db)}, "model": {"path": str(model)},
+        "detection": {"threshold": 0.3}, "alerts": {"enabled": False},
+        "replay": {"realtime": True, "chunk_seconds": 0.5},
+        "mqtt": {"enabled": True, "port": broker.port}, "logging": {"summary_seconds": 3600}})
+    stop = threading.Event()
+    threading.Timer(seconds, stop.set).start()
+    started = time.time()
+    run_pipeline(settings, FileSource(audio, 0.5, realtime=True), "replay", stop)
+    time.sleep(1)
+    rows = list(connect(db).query("SELECT d.id, d.end_offset, o.created FROM detections d JOIN outbox o "
+                                  "ON o.payload LIKE '%' || d.id || '%' WHERE d.status = 'closed'"))
+    heard = [arrivals[r["id"]] - (started + r["end_offset"]) for r in rows if r["id"] in arrivals]
+    committed = [arrivals[r["id"]] - datetime.fromisoformat(r["created"].replace("Z", "+00:00")).timestamp()
+                 for r in rows if r["id"] in arrivals]
+    subscriber.close()
+    broker.stop()
+    return {"detections": len(heard),
+            "audio_end_to_subscriber_s": {"median": statistics.median(heard), "p95": percentile(heard, 0.95)},
+            "outbox_commit_to_subscriber_ms": {"median": 1000 * statistics.median(committed),
+                                               "p95": 1000 * percentile(committed, 0.95)}}
+
+
+def fill_outbox(db_path: Path, topics: Topics, count: int) -> None:
+    db = connect(db_path)
+    with db.atomic():
+        for i in range(count):
+            enqueue(db, topics.detections, json.dumps({"id": f"m{i:05d}", "pad": "x" * 400}))
+    db.conn.close()
+
+
+def wait_until_sent(db_path: Path, timeout: float = 600) -> float:
+    db = connect(db_path)
+    started = time.monotonic()
+    while backlog(db) and time.monotonic() - started < timeout:
+        time.sleep(0.02)
+    db.conn.close()
+    return time.monotonic() - started
+
+
+def throughput(workdir: Path, count: int) -> dict:
+    broker = Mosquitto(workdir / "b2").start()
+    subscriber = Subscriber(broker.port, "station/bench/#", client_id="bench-throughput")
+    topics, db = Topics("station", "bench"), workdir / "throughput.db"
+    connect(db).conn.close()
+    service = MqttService(MqttSettings(enabled=True, port=broker.port), topics, db, None)
+    service.start()
+    service.connected.wait(10)
+    fill_outbox(db, topics, count)
+    elapsed = wait_until_sent(db)
+    subscriber.wait_for(lambda: len(subscriber.messages) >= count, timeout=120)
+    service.stop()
+    subscriber.close()
+    broker.stop()
+    return {"messages": count, "seconds": round(elapsed, 2), "messages_per_second": round(count / elapsed)}
+
+
+def drain_after_outage(workdir: Path, count: int) -> dict:
+    (workdir / "b3").mkdir()
+    broker = Mosquitto(workdir / "b3").start()
+    subscriber = Subscriber(broker.port, "station/bench/#", client_id="bench-drain")
+    topics, db = Topics("station", "bench"), workdir / "drain.db"
+    connect(db).conn.close()
+    service = MqttService(MqttSettings(enabled=True, port=broker.port, reconnect_max_seconds=1), topics, db, None)
+    service.start()
+    service.connected.wait(10)
+    broker.stop()
+    fill_outbox(db, topics, count)
+    started = time.monotonic()
+    broker.start()
+    wait_until_sent(db)
+    subscriber.wait_for(lambda: len({json.loads(p)["id"] for t, p, _ in subscriber.messages
+                                      if t.endswith("/detections")}) >= count, timeout=300)
+    elapsed = time.monotonic() - started
+    service.stop()
+    subscriber.close()
+    broker.stop()
+    return {"messages": count, "seconds_from_broker_start_to_all_received": round(elapsed, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=REPO / ".benchmarks" / "tiny-onnx")
+    parser.add_argument("--audio", type=Path, default=DEFAULT_AUDIO)
+    parser.add_argument("--seconds", type=float, default=45.0, help="real-time replay length for latency")
+    parser.add_argument("--messages", type=int, default=10000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for name in ("b1", "b2"):
+            (work / name).mkdir()
+        figures = {"latency": latency(args.model, args.audio, args.seconds, work),
+                   "throughput": throughput(work, args.messages),
+                   "drain_after_outage": drain_after_outage(work, args.messages)}
+    print(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
