@@ -271,7 +271,7 @@ def cmd_xc_seed(args) -> int:
     import asyncio
 
     from .config import read_secret
-    from .export import require
+    from .optional import require
     from .xc_api import API_URL, XenoCantoClient
     from .xc_seed import SeedOptions, seed
 
@@ -295,7 +295,7 @@ def cmd_xc_seed(args) -> int:
 
 def cmd_xc_validate(args) -> int:
     from .app import build_classifier
-    from .export import require
+    from .optional import require
     from .validation import metrics_of, read_manifest, validate
 
     require("matplotlib", extra="companion")

@@ -7,7 +7,6 @@ equals the model's own feature extractor.
 """
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import json
 import logging
@@ -23,6 +22,7 @@ from .errors import ModelError
 from .inference import normalise
 from .model_folder import LABELS, Manifest, ModelFolder, write_folder, write_labels
 from .names import DIMA806_SCIENTIFIC, with_scientific_names
+from .optional import require
 from .types import Species
 
 log = logging.getLogger(__name__)
@@ -42,17 +42,9 @@ class ExportOptions:
     name: str | None = None
 
 
-def require(module: str, extra: str = "export"):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        torch_hint = " (and torch==2.13.0 first, for the CPU build)" if extra == "export" else ""
-        raise ModelError(f"{module} is not installed: pip install 'field-station[{extra}]'{torch_hint}") from None
-
-
 def export_model(options: ExportOptions) -> ModelFolder:
-    require("torch")
-    require("optimum.exporters.onnx")
+    require("torch", "export")
+    require("optimum.exporters.onnx", "export")
     name = options.name or re.sub(r"[^A-Za-z0-9_.-]+", "_", options.source.rstrip("/").split("/")[-1])
     output = Path(options.output or Path("models") / name)
     with tempfile.TemporaryDirectory(prefix="station-export-") as tmp:

@@ -20,6 +20,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from .config import MqttSettings
+from .errors import StationError
 from .messages import OFFLINE, ONLINE, Topics
 from .outbox import backlog, mark_sent, purge_sent, unsent
 from .store import connect
@@ -173,8 +174,6 @@ class MqttService:
 
 def check_connection(settings: MqttSettings, topics: Topics, password: str | None, timeout: float = 10.0) -> str:
     """Connect, publish one QoS 1 test message, wait for its acknowledgement; a line to report."""
-    from .errors import StationError
-
     result: dict = {}
     done = threading.Event()
     client = make_client(settings, topics, password)
