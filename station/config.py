@@ -69,6 +69,20 @@ class DetectionSettings(Section):
         return value
 
 
+class LocationSettings(Section):
+    """BirdNET's range filter; needs a model folder with a range model."""
+
+    lat: float | None = Field(None, ge=-90, le=90)
+    lon: float | None = Field(None, ge=-180, le=180)
+    week: int | None = Field(None, ge=-1, le=48)  # None: from the audio's date; -1: the whole year
+    threshold: float = Field(0.03, ge=0.0, le=1.0)
+    keep: list[str] = []  # species the filter must never remove (scientific or common names)
+
+    @property
+    def enabled(self) -> bool:
+        return self.lat is not None and self.lon is not None
+
+
 class ReplaySettings(Section):
     realtime: bool = False
     watch: bool = False
@@ -137,6 +151,7 @@ class Settings(Section):
     audio: AudioSettings = AudioSettings()
     windowing: WindowSettings = WindowSettings()
     detection: DetectionSettings = DetectionSettings()
+    location: LocationSettings = LocationSettings()
     replay: ReplaySettings = ReplaySettings()
     alerts: AlertSettings = AlertSettings()
     mqtt: MqttSettings = MqttSettings()

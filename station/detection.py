@@ -59,10 +59,11 @@ class SpeciesFilter:
 
 class Detector:
     def __init__(self, station: str, model: str, species_filter: SpeciesFilter, top_k: int = 3,
-                 merge_gap_seconds: float = 0.0):
+                 merge_gap_seconds: float = 0.0, range_filter=None):
         self.station = station
         self.model = model
         self.filter = species_filter
+        self.range_filter = range_filter  # station.range_filter.RangeFilter, or None
         self.top_k = top_k
         self.merge_gap_seconds = merge_gap_seconds
         self._open: dict[tuple[str, str], _Event] = {}
@@ -90,6 +91,8 @@ class Detector:
     def _detect(self, scores: Scores) -> list[Detection]:
         top = scores.top(self.top_k)
         hits = [(sp, s) for sp, s in top if self.filter.allows(sp) and s >= self.filter.threshold_for(sp)]
+        if self.range_filter is not None:
+            hits = [(sp, s) for sp, s in hits if self.range_filter.allows(sp, scores.window.start_time, s)]
         alternatives = tuple((sp.label, s) for sp, s in top)
         return [self._extend_or_open(scores, sp, s, alternatives) for sp, s in hits]
 

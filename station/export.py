@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ModelError
 from .inference import normalise
 from .model_folder import LABELS, Manifest, ModelFolder, write_folder, write_labels
-from .names import DIMA806_SCIENTIFIC, with_scientific_names
+from .names import DIMA806_SCIENTIFIC, species_from_label, with_scientific_names
 from .optional import require
 from .types import Species
 
@@ -162,13 +162,6 @@ def labels_from_config(config: dict) -> list[Species]:
         raise ModelError("model config has no complete id2label table")
     labels = [species_from_label(id2label[i]) for i in range(len(id2label))]
     return with_scientific_names(labels, DIMA806_SCIENTIFIC)
-
-
-def species_from_label(label: str) -> Species:
-    scientific, sep, common = label.partition("_")
-    if sep and len(scientific.split()) >= 2 and scientific[:1].isupper():
-        return Species(label, scientific, common)
-    return Species(label, None, label)
 
 
 def _source_info(source: str, config: dict) -> dict:

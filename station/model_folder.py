@@ -45,6 +45,7 @@ class Manifest:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> {file, ...}
     tools: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
+    range_model: dict[str, Any] = field(default_factory=dict)  # {file, input, output, threshold} (BirdNET)
     schema: int = MANIFEST_SCHEMA
 
     def to_json(self) -> dict[str, Any]:
@@ -55,7 +56,7 @@ class Manifest:
                       "shape": ["batch", "samples"], "normalisation": self.normalisation},
             "output": {"name": self.output_name, "activation": self.activation},
             "labels": LABELS, "files": self.files, "variants": self.variants,
-            "tools": self.tools, "verification": self.verification,
+            "tools": self.tools, "verification": self.verification, "range_model": self.range_model,
         }
 
     @classmethod
@@ -70,7 +71,7 @@ class Manifest:
                 source=data.get("source", {}), licence=data.get("licence", "unknown"),
                 files=data.get("files", {}), variants=data.get("variants", {}),
                 tools=data.get("tools", {}), verification=data.get("verification", {}),
-                schema=int(data.get("schema", MANIFEST_SCHEMA)),
+                range_model=data.get("range_model", {}), schema=int(data.get("schema", MANIFEST_SCHEMA)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{where}: manifest is missing or has a bad value for {exc}") from None

@@ -63,6 +63,14 @@ def normalise_scientific(name: str) -> str:
     return SCIENTIFIC_SYNONYMS.get(key, key)
 
 
+def species_from_label(label: str) -> Species:
+    """'Genus species_Common Name' (BirdNET's form) gives both names; other labels are common names."""
+    scientific, sep, common = label.partition("_")
+    if sep and len(scientific.split()) >= 2 and scientific[:1].isupper():
+        return Species(label, scientific, common)
+    return Species(label, None, label)
+
+
 def with_scientific_names(labels: Iterable[Species], table: dict[str, str]) -> list[Species]:
     """Fill in scientific names a model's labels lack, from a table keyed by label."""
     return [s if s.scientific_name else Species(s.label, table.get(s.label), s.common_name) for s in labels]

@@ -14,7 +14,7 @@ def test_defaults_without_a_file():
 def test_the_shipped_config_is_valid_and_documents_every_default():
     shipped = load_settings(REPO / "config.yaml")
     defaults = Settings()
-    for section in ("station", "audio", "windowing", "detection", "replay", "alerts", "mqtt", "logging"):
+    for section in ("station", "audio", "windowing", "detection", "location", "replay", "alerts", "mqtt", "logging"):
         assert getattr(shipped, section) == getattr(defaults, section), section
     assert shipped.model.model_dump(exclude={"path"}) == defaults.model.model_dump(exclude={"path"})
     assert shipped.model.path == REPO / defaults.model.path

@@ -8,10 +8,9 @@ import yaml
 
 from station.calibrate import calibrate, load_scores, snippet
 from station.config import Settings
-from station.export import species_from_label
 from station.inference import OnnxClassifier
 from station.metrics import compute
-from station.names import LabelIndex, normalise_common
+from station.names import LabelIndex, normalise_common, species_from_label
 from station.report import notebook_alerts, write_report
 from station.types import Species
 from station.validation import metrics_of, read_manifest, validate
