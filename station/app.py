@@ -35,7 +35,8 @@ def build_classifier(settings: Settings) -> OnnxClassifier:
 def build_windower(settings: Settings, classifier: OnnxClassifier) -> Windower:
     w = settings.windowing
     window_seconds = w.window_seconds or classifier.manifest.window_seconds
-    return Windower(classifier.sample_rate, window_seconds, w.hop_seconds, w.tail_min_seconds)
+    return Windower(classifier.sample_rate, window_seconds, w.hop_seconds, w.tail_min_seconds,
+                    classifier.manifest.resampler)
 
 
 def build_detector(settings: Settings, classifier: OnnxClassifier) -> Detector:

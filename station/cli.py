@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="model folder to write (default models/birdnet-v2.4)")
     birdnet.add_argument("--verify-audio", nargs="*", type=Path, default=[], metavar="FILE",
                          help="recordings whose windows are added to the check against LiteRT")
+    birdnet.add_argument("--int8", action="store_true",
+                         help="also write an int8 variant of the final layer (agreement recorded in the manifest)")
     species = _command(model_commands, "species", cmd_model_species,
                        "species BirdNET's range model expects at a place and week")
     species.add_argument("--lat", type=float, required=True)
@@ -229,7 +231,7 @@ def cmd_model_convert_birdnet(args) -> int:
     from .birdnet import convert_birdnet
 
     setup_logging("INFO")
-    folder = convert_birdnet(args.out, args.from_path, audio_windows_of(args.verify_audio, 48000))
+    folder = convert_birdnet(args.out, args.from_path, audio_windows_of(args.verify_audio, 48000), args.int8)
     print(f"wrote {folder.path} ({len(folder.labels)} species; weights CC BY-NC-SA 4.0, non-commercial use only)")
     return 0
 

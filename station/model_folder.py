@@ -27,6 +27,7 @@ MANIFEST = "manifest.json"
 LABELS = "labels.tsv"
 MANIFEST_SCHEMA = 1
 NORMALISATIONS = ("none", "zero_mean_unit_var")
+RESAMPLERS = ("soxr", "kaiser_fast")  # kaiser_fast: librosa's, as BirdNET was trained and is run
 ACTIVATIONS = ("softmax", "sigmoid")
 
 
@@ -46,6 +47,7 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)
     verification: dict[str, Any] = field(default_factory=dict)
     range_model: dict[str, Any] = field(default_factory=dict)  # {file, input, output, threshold} (BirdNET)
+    resampler: str = "soxr"
     schema: int = MANIFEST_SCHEMA
 
     def to_json(self) -> dict[str, Any]:
@@ -53,7 +55,8 @@ class Manifest:
             "schema": self.schema, "name": self.name, "source": self.source, "licence": self.licence,
             "input": {"name": self.input_name, "sample_rate": self.sample_rate,
                       "window_seconds": self.window_seconds, "dtype": "float32",
-                      "shape": ["batch", "samples"], "normalisation": self.normalisation},
+                      "shape": ["batch", "samples"], "normalisation": self.normalisation,
+                      "resampler": self.resampler},
             "output": {"name": self.output_name, "activation": self.activation},
             "labels": LABELS, "files": self.files, "variants": self.variants,
             "tools": self.tools, "verification": self.verification, "range_model": self.range_model,
@@ -67,6 +70,7 @@ class Manifest:
                 window_seconds=float(data["input"]["window_seconds"]),
                 input_name=data["input"]["name"], output_name=data["output"]["name"],
                 normalisation=data["input"].get("normalisation", "none"),
+                resampler=data["input"].get("resampler", "soxr"),
                 activation=data["output"].get("activation", "softmax"),
                 source=data.get("source", {}), licence=data.get("licence", "unknown"),
                 files=data.get("files", {}), variants=data.get("variants", {}),
@@ -79,6 +83,8 @@ class Manifest:
             raise ModelError(f"{where}: manifest schema {manifest.schema} is newer than this station knows")
         if manifest.normalisation not in NORMALISATIONS:
             raise ModelError(f"{where}: unknown input.normalisation {manifest.normalisation!r}")
+        if manifest.resampler not in RESAMPLERS:
+            raise ModelError(f"{where}: unknown input.resampler {manifest.resampler!r}")
         if manifest.activation not in ACTIVATIONS:
             raise ModelError(f"{where}: unknown output.activation {manifest.activation!r}")
         return manifest

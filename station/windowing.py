@@ -3,7 +3,8 @@
 `push(chunk)` returns the windows that chunk completes and keeps only the audio a later
 window still needs, so memory stays at about one window whatever the stream's length.
 The same audio pushed in chunks of any size yields bit-identical windows: soxr's stream
-resampler carries its filter state between calls.
+resampler carries its filter state between calls, and so does the kaiser_fast stream
+(station.kaiser) that models trained on librosa's resampling ask for in their manifest.
 
 Tail policy: at the end of a stream (a chunk with `final`), audio not yet covered by any
 window is classified in one last window, zero-padded, if it is at least
@@ -19,6 +20,7 @@ from datetime import timedelta
 import numpy as np
 import soxr
 
+from .kaiser import KaiserFastStream
 from .types import AudioChunk, Window
 
 GAP_TOLERANCE_SECONDS = 0.002
@@ -26,7 +28,7 @@ GAP_TOLERANCE_SECONDS = 0.002
 
 class Windower:
     def __init__(self, sample_rate: int, window_seconds: float, hop_seconds: float,
-                 tail_min_seconds: float = 1.0):
+                 tail_min_seconds: float = 1.0, resampler: str = "soxr"):
         if hop_seconds > window_seconds:
             raise ValueError(f"hop ({hop_seconds} s) longer than the window ({window_seconds} s) "
                              "would leave audio unheard")
@@ -34,6 +36,7 @@ class Windower:
         self.window = round(window_seconds * sample_rate)
         self.hop = round(hop_seconds * sample_rate)
         self.tail_min = round(tail_min_seconds * sample_rate)
+        self.resampler = resampler
         self.dropped_tail_seconds = 0.0
         self._reset(None)
 
@@ -42,8 +45,9 @@ class Windower:
         self._input_rate = chunk.sample_rate if chunk else None
         self._resampler = None
         if chunk and chunk.sample_rate != self.sample_rate:
-            self._resampler = soxr.ResampleStream(chunk.sample_rate, self.sample_rate, 1,
-                                                  dtype="float32", quality="HQ")
+            self._resampler = (KaiserFastStream(chunk.sample_rate, self.sample_rate) if self.resampler == "kaiser_fast"
+                               else soxr.ResampleStream(chunk.sample_rate, self.sample_rate, 1,
+                                                        dtype="float32", quality="HQ"))
         self._origin_offset = chunk.start_offset if chunk else 0.0
         self._origin_time = chunk.start_time if chunk else None
         self._expected_offset = self._origin_offset

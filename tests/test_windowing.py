@@ -101,3 +101,17 @@ def test_buffer_stays_bounded_over_a_long_stream():
 def test_hop_longer_than_window_is_refused():
     with pytest.raises(ValueError, match="unheard"):
         Windower(16000, 3.0, 4.0)
+
+
+@pytest.mark.parametrize("rate", [22050, 44100, 96000])
+def test_kaiser_fast_windows_are_chunk_invariant_and_match_librosa(rate):
+    librosa = pytest.importorskip("librosa")
+    pytest.importorskip("resampy", reason="librosa's kaiser_fast needs resampy (in the convert extra)")
+    audio = (np.random.default_rng(rate).standard_normal(int(rate * 7.3)) * 0.2).astype(np.float32)
+    whole = feed(audio, rate, len(audio), Windower(48000, 3.0, 3.0, 1.0, resampler="kaiser_fast"))
+    for chunk in (1000, rate // 3 + 7):
+        assert same(feed(audio, rate, chunk, Windower(48000, 3.0, 3.0, 1.0, resampler="kaiser_fast")), whole)
+    reference = librosa.resample(audio, orig_sr=rate, target_sr=48000, res_type="kaiser_fast")
+    ours = np.concatenate([w.samples[: round(w.valid_seconds * 48000)] for w in whole])  # 3 + 3 + 1.3 s
+    assert abs(len(ours) - len(reference)) <= 1  # librosa rounds the length up
+    assert np.abs(ours - reference[: len(ours)]).max() < 1e-6
