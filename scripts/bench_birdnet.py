@@ -18,25 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from station.birdnet import find_birdnet_files
+from station.birdnet import find_birdnet_files, recording_windows
 from station.inference import OnnxClassifier
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_AUDIO = REPO.parent / "shared" / "data" / "audio" / "soundscapes" / "BLKFR-10-CPL_20190611_093000.mp3"
-
-
-def chunks_of(path: Path, count: int) -> np.ndarray:
-    import threading
-
-    from station.sources import FileSource
-    from station.windowing import Windower
-
-    windower, found = Windower(48000, 3.0, 3.0, 3.0), []
-    for chunk in FileSource(path).chunks(threading.Event()):
-        found += windower.push(chunk)
-        if len(found) >= count:
-            break
-    return np.stack([w.samples for w in found[:count]])
 
 
 def per_chunk_litert(tflite: Path, batch: np.ndarray, threads: int) -> tuple[float, np.ndarray]:
@@ -86,7 +72,7 @@ def main() -> None:
     parser.add_argument("--audio", type=Path, default=DEFAULT_AUDIO)
     parser.add_argument("--chunks", type=int, default=40)
     args = parser.parse_args()
-    batch = chunks_of(args.audio, args.chunks)
+    batch = recording_windows([args.audio], per_file=args.chunks)
     tflite = find_birdnet_files()["classifier"]
     figures = {"chunks": len(batch)}
     for threads in (1, 2):

@@ -118,6 +118,26 @@ def _sort_topologically(graph) -> None:
     graph.node.extend(ordered)
 
 
+def recording_windows(paths: list[Path], per_file: int = 4, resampler: str = "kaiser_fast") -> np.ndarray:
+    """Up to `per_file` consecutive 3 s windows at 48 kHz from each recording, as the station cuts them."""
+    from threading import Event
+
+    from .sources import FileSource
+    from .windowing import Windower
+
+    windows = []
+    for path in paths:
+        windower, taken = Windower(48000, 3.0, 3.0, 3.0, resampler), []
+        for chunk in FileSource(Path(path)).chunks(Event()):
+            taken += windower.push(chunk)
+            if len(taken) >= per_file:
+                break
+        windows += [w.samples for w in taken[:per_file]]
+    if not windows:
+        raise ModelError("none of the recordings gave a whole 3 s window")
+    return np.stack(windows)
+
+
 def litert_outputs(tflite: Path, batch: np.ndarray, threads: int = 1) -> np.ndarray:
     """What LiteRT (the runtime BirdNET-Pi and BirdNET-Go use) says, one row at a time."""
     interpreter_module = require("ai_edge_litert.interpreter", "convert")

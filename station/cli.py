@@ -228,34 +228,13 @@ def cmd_model_export(args) -> int:
 
 
 def cmd_model_convert_birdnet(args) -> int:
-    from .birdnet import convert_birdnet
+    from .birdnet import convert_birdnet, recording_windows
 
     setup_logging("INFO")
-    folder = convert_birdnet(args.out, args.from_path, audio_windows_of(args.verify_audio, 48000), args.int8)
+    audio = recording_windows(args.verify_audio) if args.verify_audio else None
+    folder = convert_birdnet(args.out, args.from_path, audio, args.int8)
     print(f"wrote {folder.path} ({len(folder.labels)} species; weights CC BY-NC-SA 4.0, non-commercial use only)")
     return 0
-
-
-def audio_windows_of(paths: list[Path], rate: int, seconds: float = 3.0, per_file: int = 4):
-    """Up to `per_file` consecutive windows from each recording, through the station's own windower."""
-    if not paths:
-        return None
-    import threading
-
-    import numpy as np
-
-    from .sources import FileSource
-    from .windowing import Windower
-
-    windows = []
-    for path in paths:
-        windower, taken = Windower(rate, seconds, seconds, seconds), []
-        for chunk in FileSource(path).chunks(threading.Event()):
-            taken += windower.push(chunk)
-            if len(taken) >= per_file:
-                break
-        windows += [w.samples for w in taken[:per_file]]
-    return np.stack(windows) if windows else None
 
 
 def cmd_model_species(args) -> int:

@@ -39,13 +39,6 @@ def birdnet(tmp_path_factory):
     return convert_birdnet(tmp_path_factory.mktemp("birdnet") / "birdnet", int8=True).path
 
 
-def windows_of(path, per_file=4):
-    windower, found = Windower(48000, 3.0, 3.0, 3.0), []
-    for chunk in FileSource(path).chunks(threading.Event()):
-        found += windower.push(chunk)
-    return np.stack([w.samples for w in found[:per_file]])
-
-
 def test_the_converted_folder_is_complete_licensed_and_verified(birdnet):
     folder = load_folder(birdnet)
     m = folder.manifest
@@ -62,9 +55,9 @@ def test_the_converted_folder_is_complete_licensed_and_verified(birdnet):
 
 
 def test_scores_match_litert_on_real_recordings(birdnet, shared_data):
-    from station.birdnet import find_birdnet_files, litert_outputs, onnx_outputs
+    from station.birdnet import find_birdnet_files, litert_outputs, onnx_outputs, recording_windows
 
-    batch = np.concatenate([windows_of(shared_data / r) for r in RECORDINGS])
+    batch = recording_windows([shared_data / r for r in RECORDINGS])
     ours, theirs = onnx_outputs(birdnet / "model.onnx", batch), litert_outputs(find_birdnet_files()["classifier"], batch)
     assert len(batch) >= 16
     assert np.abs(ours - theirs).max() < 1e-3
