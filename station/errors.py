@@ -21,3 +21,9 @@ class AudioInputError(StationError):
 
 class DeviceError(AudioInputError):
     pass
+
+
+class StorageError(StationError):
+    """The database cannot be opened or written (disk full, read-only, locked for too long)."""
+
+    exit_code = 5

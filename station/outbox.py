@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
 
-from .store import iso, utc_now
+from .store import iso, utc_now, write_transaction
 
 
 def enqueue(db: sqlite_utils.Database, topic: str, payload: str, qos: int = 1, retain: bool = False) -> int:
@@ -28,14 +28,14 @@ def unsent(db: sqlite_utils.Database, after_id: int = 0, limit: int = 100) -> li
 def mark_sent(db: sqlite_utils.Database, ids: list[int]) -> None:
     if ids:
         marks = ",".join("?" * len(ids))
-        with db.atomic():
+        with write_transaction(db):
             db.execute(f"UPDATE outbox SET sent_at = ?, attempts = attempts + 1 WHERE id IN ({marks})",
                        [utc_now(), *ids])
 
 
 def purge_sent(db: sqlite_utils.Database, keep_hours: float) -> int:
     cutoff = iso(datetime.now(timezone.utc) - timedelta(hours=keep_hours))
-    with db.atomic():
+    with write_transaction(db):
         return db.execute("DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?", [cutoff]).rowcount
 
 

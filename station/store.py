@@ -8,17 +8,38 @@ import json
 import logging
 import os
 import sqlite3
+import threading
+import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import sqlite_utils
 
+from .errors import StorageError
 from .types import Detection
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+RESERVE_BYTES = 1 << 20
+LOCK_WAIT_SECONDS = 120.0  # a write lock not granted in this long is an error, not a wait forever
+
+
+class BusyCounter:
+    """How often a writer found the database locked and had to wait again (a health figure)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.retries = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.retries += 1
+
+
+busy = BusyCounter()
 
 
 def utc_now() -> str:
@@ -79,29 +100,106 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_detections_and_
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
-    """Open (creating if needed) and migrate the station database."""
-    if str(path) != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
+    """Open (creating if needed) and migrate the station database.
+
+    The connection is in autocommit mode (isolation_level None): Python's sqlite3 would
+    otherwise open a deferred transaction before each write by itself. Every multi-statement
+    write goes through `write_transaction`.
+    """
+    try:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False,
+                               isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"{path}: cannot open the database: {exc}") from None
     db = sqlite_utils.Database(conn)
     migrate(db)
     return db
 
 
 def migrate(db: sqlite_utils.Database) -> None:
+    """Apply the migrations this database lacks, one transaction each.
+
+    The version is read under the write lock, so two processes opening a new file at
+    once do not both apply the same step.
+    """
+    while _schema_version(db) < len(MIGRATIONS):
+        with write_transaction(db):
+            version = _schema_version(db)
+            if version < len(MIGRATIONS):
+                MIGRATIONS[version](db)
+                db.conn.execute(f"PRAGMA user_version={version + 1}")
+                log.info("database migrated to schema version %d", version + 1)
+
+
+def _schema_version(db: sqlite_utils.Database) -> int:
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(
+        raise StorageError(
             f"database schema version {version} is newer than this station knows ({len(MIGRATIONS)})")
-    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+    return version
+
+
+@contextmanager
+def write_transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """A write transaction that takes SQLite's write lock first (BEGIN IMMEDIATE).
+
+    A deferred transaction that reads and then writes fails at once with "database is
+    locked" when another connection committed in between, whatever the busy timeout:
+    taking the lock up front makes writers queue instead. Nested uses become savepoints.
+    """
+    conn = db.conn
+    if conn.in_transaction:
         with db.atomic():
-            step(db)
-            db.conn.execute(f"PRAGMA user_version={number}")
-        log.info("database migrated to schema version %d", number)
+            yield db
+        return
+    _begin_immediate(conn)
+    try:
+        yield db
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.OperationalError) and is_disk_full(exc):
+            raise StorageError(f"{_database_file(db)}: {exc}: the write was rolled back; "
+                               "what was committed before is kept") from None
+        raise
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting (busy timeout, then retries with backoff) while another writer holds the lock."""
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    pause = 0.05
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not is_locked(exc) or time.monotonic() > deadline:
+                raise
+            busy.add()
+            log.debug("database busy; waiting for the write lock again")
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+def _database_file(db: sqlite_utils.Database) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return row[2] if row and row[2] else ":memory:"
+
+
+def is_locked(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED") or "locked" in str(exc)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return (getattr(exc, "sqlite_errorname", "") == "SQLITE_FULL" or "disk is full" in str(exc)
+            or (isinstance(exc, OSError) and exc.errno == 28))
 
 
 def detection_row(det: Detection, run_id: int | None) -> dict:
@@ -119,14 +217,27 @@ def detection_row(det: Detection, run_id: int | None) -> dict:
 
 
 class Store:
-    """Writes runs and detection events; every write is its own short transaction."""
+    """Writes runs and detection events; every write is its own short transaction.
 
-    def __init__(self, db: sqlite_utils.Database):
+    Beside the database lies a small reserve file: when the disk fills up, releasing it
+    leaves room to close the open events and the run cleanly before the station exits.
+    """
+
+    def __init__(self, db: sqlite_utils.Database, reserve: Path | None = None):
         self.db = db
+        self.reserve = reserve
 
     @classmethod
     def open(cls, path: Path | str) -> "Store":
-        return cls(connect(path))
+        db = connect(path)
+        reserve = None if str(path) == ":memory:" else Path(f"{path}-reserve")
+        if reserve is not None:
+            _fill_reserve(reserve)
+        return cls(db, reserve)
+
+    def release_reserve(self) -> None:
+        if self.reserve is not None:
+            self.reserve.unlink(missing_ok=True)
 
     def recover(self) -> int:
         """Close what a crashed process left open: its events and its run. Returns events closed."""
@@ -135,7 +246,7 @@ class Store:
         if not dead:
             return 0
         marks = ",".join("?" * len(dead))
-        with self.db.atomic():
+        with write_transaction(self.db):
             cur = self.db.execute(
                 f"UPDATE detections SET status = 'recovered', updated = ? "
                 f"WHERE status = 'open' AND run_id IN ({marks})", [utc_now(), *dead])
@@ -147,7 +258,7 @@ class Store:
         return cur.rowcount
 
     def start_run(self, station: str, command: str, model: str) -> int:
-        with self.db.atomic():
+        with write_transaction(self.db):
             return self.db["runs"].insert({
                 "station": station, "command": command, "model": model, "pid": os.getpid(),
                 "host": os.uname().nodename, "started": utc_now(), "status": "running",
@@ -157,17 +268,17 @@ class Store:
         values = dict(counters)
         if status:
             values.update(status=status, stopped=utc_now())
-        with self.db.atomic():
+        with write_transaction(self.db):
             self.db["runs"].update(run_id, values)
 
     def transaction(self):
-        """One transaction for several writes; nested uses become savepoints."""
-        return self.db.atomic()
+        """One write transaction for several writes; nested uses become savepoints."""
+        return write_transaction(self.db)
 
     def save(self, detections: Iterable[Detection], run_id: int | None) -> None:
         rows = [detection_row(d, run_id) for d in detections]
         if rows:
-            with self.db.atomic():
+            with write_transaction(self.db):
                 self.db["detections"].upsert_all(rows, pk="id")
 
     def recent(self, limit: int = 20) -> list[dict]:
@@ -196,3 +307,17 @@ def _alive(pid: int | None, host: str | None) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _fill_reserve(path: Path) -> None:
+    """Keep RESERVE_BYTES on disk for the last writes after a disk-full error (best effort)."""
+    try:
+        if path.stat().st_size >= RESERVE_BYTES:
+            return
+    except FileNotFoundError:
+        pass
+    try:
+        with open(path, "wb") as f:
+            f.write(bytes(RESERVE_BYTES))
+    except OSError:
+        path.unlink(missing_ok=True)  # no room even for the reserve: DISK_LOW says so

@@ -189,12 +189,12 @@ def manifest_row(r: Recording) -> dict:
 
 
 def record_in_database(recordings: list[Recording], out: Path, database: Path) -> None:
-    from .store import connect
+    from .store import connect, write_transaction
 
     db: sqlite_utils.Database = connect(database)
     try:
         rows = [{**manifest_row(r), "path": str(out / manifest_row(r)["path"])} for r in recordings]
-        with db.atomic():
+        with write_transaction(db):
             db["xc_recordings"].upsert_all(rows, pk="xc_id")
     finally:
         db.conn.close()

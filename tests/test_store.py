@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from conftest import REPO, T0
+from station.errors import StorageError
 from station.store import MIGRATIONS, Store, connect
 from station.types import Detection, Species
 
@@ -38,7 +39,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     db = connect(tmp_path / "st.db")
     db.execute(f"PRAGMA user_version={len(MIGRATIONS) + 1}")
     db.conn.close()
-    with pytest.raises(sqlite3.DatabaseError, match="newer than this station knows"):
+    with pytest.raises(StorageError, match="newer than this station knows"):
         connect(tmp_path / "st.db")
 
 
