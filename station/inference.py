@@ -39,11 +39,37 @@ def activate(logits: np.ndarray, activation: str, sensitivity: float = 1.0) -> n
     return 1.0 / (1.0 + np.exp(-slope * np.clip(logits, -BIRDNET_LOGIT_CLIP, BIRDNET_LOGIT_CLIP)))
 
 
+def open_session(path: Path, threads: int | None = None):
+    """An onnxruntime session for a model file; a file it cannot load is a one-line ModelError."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types for corrupt models
+        raise ModelError(f"{path}: onnxruntime cannot load it: {first_line(exc)}") from None
+
+
+def session_tensor(tensors, name: str, kind: str, path: Path):
+    """The model's float input or output the manifest names."""
+    found = {t.name: t for t in tensors}
+    if name not in found:
+        raise ModelError(f"{path}: manifest {kind} {name!r} not in the model (has {sorted(found)})")
+    if found[name].type != "tensor(float)":
+        raise ModelError(f"{path}: {kind} {name!r} is {found[name].type}, the station feeds and reads float32")
+    return found[name]
+
+
+def first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 class OnnxClassifier:
     def __init__(self, folder: ModelFolder, variant: str = "fp32", threads: int = 2,
                  batch_size: int = 8, sensitivity: float = 1.0):
-        import onnxruntime as ort
-
         self.folder = folder
         self.manifest = folder.manifest
         self.labels = folder.labels
@@ -53,15 +79,7 @@ class OnnxClassifier:
         self.batch_size = batch_size
         self.sensitivity = sensitivity
         path = folder.model_path(variant)
-        if not path.is_file():
-            raise ModelError(f"{path}: missing from the model folder")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for corrupt models
-            raise ModelError(f"{path}: onnxruntime cannot load it: {str(exc).splitlines()[0]}") from None
+        self.session = open_session(path, threads)
         self._check_signature(path)
 
     @classmethod
@@ -69,21 +87,32 @@ class OnnxClassifier:
         return cls(load_folder(path), **kwargs)
 
     def _check_signature(self, path: Path) -> None:
-        inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = {o.name: o for o in self.session.get_outputs()}
         m = self.manifest
-        if m.input_name not in inputs:
-            raise ModelError(f"{path}: manifest input {m.input_name!r} not in the model (has {sorted(inputs)})")
-        if m.output_name not in outputs:
-            raise ModelError(f"{path}: manifest output {m.output_name!r} not in the model (has {sorted(outputs)})")
-        shape = inputs[m.input_name].shape
+        model_input = session_tensor(self.session.get_inputs(), m.input_name, "input", path)
+        model_output = session_tensor(self.session.get_outputs(), m.output_name, "output", path)
+        unfed = sorted(i.name for i in self.session.get_inputs() if i.name != m.input_name)
+        if unfed:
+            raise ModelError(f"{path}: the model also needs input(s) {unfed} that the station does not feed")
+        shape = model_input.shape
         if len(shape) != 2 or (isinstance(shape[1], int) and shape[1] != self.window_samples):
             raise ModelError(f"{path}: input {m.input_name!r} has shape {shape}, manifest says "
                              f"[batch, {self.window_samples}]")
-        width = outputs[m.output_name].shape[-1]
-        if isinstance(width, int) and width != len(self.labels):
-            raise ModelError(f"{path}: output has {width} classes but labels.tsv has {len(self.labels)}")
+        if len(model_output.shape) != 2:
+            raise ModelError(f"{path}: output {m.output_name!r} has shape {model_output.shape}, "
+                             "expected [batch, classes]")
         self._fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        width = model_output.shape[1]
+        if not isinstance(width, int):  # only a run tells how many classes there are
+            width = self._probe(path).shape[1]
+        if width != len(self.labels):
+            raise ModelError(f"{path}: output has {width} classes but labels.tsv has {len(self.labels)}")
+
+    def _probe(self, path: Path) -> np.ndarray:
+        batch = np.zeros((self._fixed_batch or 1, self.window_samples), np.float32)
+        try:
+            return self.session.run([self.manifest.output_name], {self.manifest.input_name: batch})[0]
+        except Exception as exc:  # onnxruntime's own exception types
+            raise ModelError(f"{path}: fails on a window of {self.window_samples} samples: {first_line(exc)}") from None
 
     def classify(self, windows: Sequence[Window]) -> list[Scores]:
         scores: list[Scores] = []

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelError
+from .inference import first_line, open_session, session_tensor
 from .model_folder import ModelFolder
 from .names import normalise_common, normalise_scientific
 from .types import Species
@@ -28,19 +30,30 @@ def birdnet_week(moment: datetime) -> int:
 class RangeFilter:
     def __init__(self, folder: ModelFolder, lat: float, lon: float, threshold: float = 0.03,
                  keep: list[str] | tuple = (), week: int | None = None):
-        import onnxruntime as ort
-
         info = folder.manifest.range_model
         if not info:
             raise ModelError(f"{folder.path}: this model has no range model (location needs BirdNET)")
-        self.session = ort.InferenceSession(str(folder.path / info["file"]), providers=["CPUExecutionProvider"])
+        path = folder.path / info["file"]
+        self.session = open_session(path)
         self.input, self.output = info["input"], info["output"]
         self.labels = folder.labels
         self.lat, self.lon, self.threshold, self.fixed_week = lat, lon, threshold, week
+        self._check_signature(path)
         self.keep = {normalise_scientific(k) for k in keep} | {normalise_common(k) for k in keep}
         self._week: int | None = None
         self._allowed: set[str] = set()
         self._reported: set[tuple[int, str]] = set()
+
+    def _check_signature(self, path: Path) -> None:
+        session_tensor(self.session.get_inputs(), self.input, "range_model.input", path)
+        session_tensor(self.session.get_outputs(), self.output, "range_model.output", path)
+        try:
+            values = self.occurrence(-1)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise ModelError(f"{path}: fails on [lat, lon, week]: {first_line(exc)}") from None
+        if values.shape != (len(self.labels),):
+            raise ModelError(f"{path}: gives {values.shape[-1] if values.ndim else 1} values per place, "
+                             f"but labels.tsv has {len(self.labels)}")
 
     def occurrence(self, week: int) -> np.ndarray:
         query = np.array([[self.lat, self.lon, float(week)]], np.float32)

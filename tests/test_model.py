@@ -1,6 +1,4 @@
 import json
-import shutil
-import threading
 
 import numpy as np
 import pytest
@@ -14,16 +12,6 @@ from station.types import Window
 
 def window(samples: np.ndarray) -> Window:
     return Window(samples.astype(np.float32), 16000, "t", 0.0, T0, len(samples) / 16000)
-
-
-def copy_model(tiny_model, tmp_path):
-    return shutil.copytree(tiny_model, tmp_path / "model")
-
-
-def edit_manifest(folder, change):
-    data = json.loads((folder / "manifest.json").read_text())
-    change(data)
-    (folder / "manifest.json").write_text(json.dumps(data))
 
 
 def test_exported_folder_is_complete_and_verified(tiny_model):
@@ -82,35 +70,9 @@ def test_missing_model_folder(tmp_path):
         OnnxClassifier.from_path(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: d["input"].update(name="audio"), "manifest input 'audio' not in the model"),
-    (lambda d: d["output"].update(name="probs"), "manifest output 'probs' not in the model"),
-    (lambda d: d["output"].update(activation="relu"), "unknown output.activation 'relu'"),
-    (lambda d: d["input"].pop("sample_rate"), "bad value for 'sample_rate'"),
-    (lambda d: d.update(schema=99), "newer than this station knows"),
-])
-def test_manifest_that_does_not_match_the_model_is_refused(tiny_model, tmp_path, change, message):
-    folder = copy_model(tiny_model, tmp_path)
-    edit_manifest(folder, change)
-    with pytest.raises(ModelError, match=message.replace("(", r"\(")):
-        OnnxClassifier.from_path(folder)
-
-
-def test_labels_that_do_not_match_the_output_are_refused(tiny_model, tmp_path):
-    folder = copy_model(tiny_model, tmp_path)
-    lines = (folder / "labels.tsv").read_text().splitlines()
-    (folder / "labels.tsv").write_text("\n".join(lines[:-1]) + "\n")
-    with pytest.raises(ModelError, match="output has 50 classes but labels.tsv has 49"):
-        OnnxClassifier.from_path(folder)
-
-
-def test_unknown_variant_and_corrupt_onnx_are_refused(tiny_model, tmp_path):
+def test_unknown_variant_is_refused(tiny_model):
     with pytest.raises(ModelError, match="no variant 'fp16'"):
         OnnxClassifier.from_path(tiny_model, variant="fp16")
-    folder = copy_model(tiny_model, tmp_path)
-    (folder / "model.onnx").write_bytes(b"not a model")
-    with pytest.raises(ModelError, match="onnxruntime cannot load it"):
-        OnnxClassifier.from_path(folder)
 
 
 def test_model_info_and_export_errors_on_the_command_line(tiny_model, tmp_path):

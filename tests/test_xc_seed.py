@@ -147,15 +147,15 @@ def test_seed_on_the_command_line_takes_species_from_the_model_and_the_key_from_
     import subprocess
     import sys
 
-    from station.model_folder import write_labels
+    from station.model_folder import Manifest, write_folder, write_labels
     from station.types import Species
 
-    model = tmp_path / "model"
-    model.mkdir()
-    write_labels(model / "labels.tsv", [Species("Todus mexicanus_Puerto Rican Tody", "Todus mexicanus",
-                                                "Puerto Rican Tody"), Species("Spixs Guan", None, "Spixs Guan")])
-    (model / "manifest.json").write_text('{"name": "m", "input": {"name": "x", "sample_rate": 48000, '
-                                         '"window_seconds": 3}, "output": {"name": "y"}}')
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    write_labels(staging / "labels.tsv", [Species("Todus mexicanus_Puerto Rican Tody", "Todus mexicanus",
+                                                  "Puerto Rican Tody"), Species("Spixs Guan", None, "Spixs Guan")])
+    (staging / "model.onnx").write_bytes(b"xc seed reads only the labels")  # sealed, never run here
+    model = write_folder(staging, tmp_path / "model", Manifest("m", 48000, 3.0, "x", "y")).path
     env = {**os.environ, "STATION_XC_KEY": KEY}
     command = [sys.executable, "-m", "station.cli", "xc", "seed", "--model", str(model), "--per-species", "1",
                "--out", str(tmp_path / "set"), "--db", str(tmp_path / "st.db"), "--api-url", fake.api_url]
