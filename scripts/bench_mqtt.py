@@ -30,6 +30,7 @@ from station.app import run_pipeline  # noqa: E402
 from station.config import MqttSettings, Settings  # noqa: E402
 from station.messages import Topics  # noqa: E402
 from station.mqtt import MqttService  # noqa: E402
+from station.supervise import Supervisor  # noqa: E402
 from station.outbox import backlog, enqueue  # noqa: E402
 from station.sources import FileSource  # noqa: E402
 from station.store import connect  # noqa: E402
@@ -100,7 +101,7 @@ def throughput(workdir: Path, count: int) -> dict:
     topics, db = Topics("station", "bench"), workdir / "throughput.db"
     connect(db).conn.close()
     service = MqttService(MqttSettings(enabled=True, port=broker.port), topics, db, None)
-    service.start()
+    service.start(Supervisor(threading.Event()))
     service.connected.wait(10)
     fill_outbox(db, topics, count)
     elapsed = wait_until_sent(db)
@@ -118,7 +119,7 @@ def drain_after_outage(workdir: Path, count: int) -> dict:
     topics, db = Topics("station", "bench"), workdir / "drain.db"
     connect(db).conn.close()
     service = MqttService(MqttSettings(enabled=True, port=broker.port, reconnect_max_seconds=1), topics, db, None)
-    service.start()
+    service.start(Supervisor(threading.Event()))
     service.connected.wait(10)
     broker.stop()
     fill_outbox(db, topics, count)

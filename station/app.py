@@ -12,15 +12,18 @@ from .alerts import AlertEngine
 from .capture import MicSource
 from .config import Settings, read_secret
 from .detection import Detector, SpeciesFilter
+from .errors import StationError
 from .health import HealthMonitor
 from .homeassistant import Discovery
 from .inference import OnnxClassifier
 from .messages import Topics
 from .mqtt import MqttService
+from .notify import Notifier
 from .pipeline import Pipeline
 from .range_filter import RangeFilter
 from .sources import DirectorySource, FileSource
 from .store import Store
+from .supervise import Supervisor
 from .windowing import Windower
 
 log = logging.getLogger(__name__)
@@ -83,7 +86,7 @@ def stop_on_signals() -> Iterator[Event]:
             signal.signal(sig, old)
 
 
-def start_mqtt(settings: Settings, topics: Topics, model: str) -> MqttService:
+def start_mqtt(settings: Settings, topics: Topics, model: str, supervisor: Supervisor) -> MqttService:
     discovery = None
     if settings.mqtt.homeassistant.enabled:
         discovery = Discovery(topics, settings.mqtt.homeassistant.discovery_prefix, model)
@@ -91,18 +94,21 @@ def start_mqtt(settings: Settings, topics: Topics, model: str) -> MqttService:
                           on_connected=discovery.announce if discovery else None)
     if discovery:
         discovery.attach(service)
-    service.start()
+    service.start(supervisor)
     return service
 
 
 def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
     """Build the stages, run the source to its end or to `stop`, and return the run's counters.
 
+    Background loops (MQTT sender, health) run under one supervisor; one that cannot be
+    kept alive stops the run, which then ends with an error (systemd restarts the station).
     Shutdown order: the pipeline stops capture, drains and closes events; then health
     checks stop, the outbox is flushed (bounded wait), `offline` is published, the DB closed.
     """
     classifier = build_classifier(settings)
     store = Store.open(settings.storage.database)
+    supervisor = Supervisor(stop)
     mqtt = health = None
     try:
         store.recover()
@@ -114,17 +120,23 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
             source, build_windower(settings, classifier), classifier,
             build_detector(settings, classifier), store, run_id, stop,
             listeners=[AlertEngine(settings.alerts, settings.station.id, topics)],
-            summary_seconds=settings.logging.summary_seconds)
-        mqtt = start_mqtt(settings, topics, classifier.model_name) if topics else None
+            summary_seconds=settings.logging.summary_seconds, notifier=Notifier.from_environment())
+        mqtt = start_mqtt(settings, topics, classifier.model_name, supervisor) if topics else None
         health = HealthMonitor(
             pipeline.health, settings.alerts, settings.station.id, settings.storage.database, topics,
             live=command == "run", publish=(lambda t, p: mqtt.publish_now(t, p, retain=True)) if mqtt else None,
             publish_seconds=settings.mqtt.health_seconds)
-        health.start()
-        return pipeline.run()
+        health.start(supervisor)
+        counters = pipeline.run()
+        if supervisor.gave_up:
+            store.update_run(run_id, {}, status="failed")
     finally:
         if health:
             health.stop()
         if mqtt:
             mqtt.stop()
+        supervisor.stop()
         store.close()
+    if supervisor.gave_up:
+        raise StationError(supervisor.gave_up)
+    return counters

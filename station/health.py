@@ -18,7 +18,8 @@ from .alerts import AlertWriter, local_midnight
 from .config import AlertSettings
 from .messages import HEALTH_SCHEMA, Topics, encode
 from .outbox import backlog
-from .store import connect, iso
+from .store import connect, iso, write_transaction
+from .supervise import Supervised, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -36,30 +37,33 @@ class HealthMonitor:
         self.publish = publish
         self.publish_seconds = publish_seconds
         self.writer = AlertWriter(station, settings, topics)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="health", daemon=True)
+        self._loop_handle: Supervised | None = None
         self._was_connected: bool | None = None
         self._audio_seen = (None, time.monotonic())
 
-    def start(self) -> None:
-        self._thread.start()
+    def start(self, supervisor: Supervisor) -> None:
+        self._loop_handle = supervisor.start("health", self._loop)
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        if self._loop_handle is not None:
+            self._loop_handle.stop(10)
 
-    def _loop(self) -> None:
+    def _loop(self, stop: threading.Event) -> None:
+        """Check at once (a disk already low is said before anything is written), then every period."""
         db = connect(self.database)
         next_publish = time.monotonic()
+        period = self.settings.check_seconds if self.live else min(self.settings.check_seconds, 1)
         try:
-            while not self._stop.wait(self.settings.check_seconds if self.live else min(self.settings.check_seconds, 1)):
+            while True:
                 figures = {**self.figures(), "disk_free_mb": self._disk_free_mb()}
                 if self.settings.enabled:
-                    with db.atomic():
+                    with write_transaction(db):
                         self.check(db, figures, datetime.now(timezone.utc))
                 if self.publish and self.topics and time.monotonic() >= next_publish:
                     next_publish = time.monotonic() + self.publish_seconds
                     self.publish(self.topics.health, encode(self.message(db, figures)))
+                if stop.wait(period):
+                    return
         finally:
             db.conn.close()
 

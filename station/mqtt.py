@@ -2,8 +2,11 @@
 
 A sender thread with its own database connection publishes unsent outbox rows oldest
 first at their QoS and marks a row sent only once the broker acknowledged it (PUBACK).
-After a reconnect it starts again from the oldest unsent row, so a message may arrive
-twice, always with the same id, never not at all. The retained status topic says
+After a reconnect it starts again from the oldest unsent row, and sends again what the
+broker acknowledged in the RESEND_SECONDS before the connection was lost (a broker that
+died may not have delivered it), so a message may arrive twice, always with the same id,
+never not at all. Publishing survives any disconnect timing: a publish refused or lost
+with the connection just means "send again after the reconnect". The retained status topic says
 `online` once the broker accepted us and `offline` on a clean stop; the same `offline`
 is the last will for an unclean one. Each connection state change is logged once.
 """
@@ -13,6 +16,7 @@ import logging
 import ssl
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -23,11 +27,15 @@ from .config import MqttSettings
 from .errors import StationError
 from .messages import OFFLINE, ONLINE, Topics
 from .outbox import backlog, mark_sent, purge_sent, unsent
-from .store import connect
+from .store import connect, iso
+from .supervise import Supervised, Supervisor
 
 log = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 100
+# A broker killed or powered off loses what it acknowledged moments before and had not yet
+# delivered; after a reconnect what it acknowledged this recently is sent again (same ids).
+RESEND_SECONDS = 10.0
 POLL_SECONDS = 0.1
 PURGE_EVERY_SECONDS = 3600.0
 
@@ -64,7 +72,8 @@ class MqttService:
         self._restart_from_oldest = threading.Event()
         self._message_handlers: dict[str, Callable[[str], None]] = {}
         self.client = self._make_client(password)
-        self._thread = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
+        self._sender: Supervised | None = None
+        self._connection_lost_at: datetime | None = None
 
     def _make_client(self, password: str | None) -> paho.Client:
         client = make_client(self.settings, self.topics, password)
@@ -72,12 +81,16 @@ class MqttService:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        # An exception in one of our callbacks would otherwise end paho's network thread,
+        # leaving a client that never reconnects: paho logs it through our logger instead.
+        client.suppress_exceptions = True
+        client.enable_logger(log)
         return client
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor) -> None:
         self.client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
         self.client.loop_start()
-        self._thread.start()
+        self._sender = supervisor.start("mqtt-sender", self._send_loop)
 
     def subscribe(self, topic: str, handler: Callable[[str], None]) -> None:
         """Handle messages on `topic` (subscribed again after every reconnect)."""
@@ -115,6 +128,7 @@ class MqttService:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()
+        self._connection_lost_at = datetime.now(timezone.utc)
         if not self._stop.is_set():
             self._log_state(f"disconnected ({reason_code}); reconnecting", logging.WARNING)
 
@@ -123,36 +137,60 @@ class MqttService:
         if handler:
             handler(message.payload.decode("utf-8", errors="replace"))
 
-    def _send_loop(self) -> None:
+    def _send_loop(self, stop: threading.Event) -> None:
+        """Publish unsent rows oldest first; mark them sent on PUBACK. Runs under the supervisor."""
         db = connect(self.database)
         pending: dict[int, paho.MQTTMessageInfo] = {}
         last_queued, next_purge = 0, time.monotonic()
+        resend_since: str | None = None
         try:
-            while not self._stop.is_set():
+            while not stop.is_set():
                 if self._restart_from_oldest.is_set():
                     self._restart_from_oldest.clear()
                     pending.clear()
                     last_queued = 0
-                acked = [row_id for row_id, info in pending.items() if info.is_published()]
+                    lost_at = self._connection_lost_at
+                    resend_since = iso(lost_at - timedelta(seconds=RESEND_SECONDS)) if lost_at else None
+                acked = self._acknowledged(pending)
                 if acked:
                     mark_sent(db, acked)
                     self.sent += len(acked)
-                    for row_id in acked:
-                        del pending[row_id]
                 published = 0
                 if self.connected.is_set() and len(pending) < MAX_INFLIGHT:
-                    for row in unsent(db, after_id=last_queued, limit=MAX_INFLIGHT - len(pending)):
-                        pending[row["id"]] = self.client.publish(row["topic"], row["payload"], qos=row["qos"],
-                                                                 retain=bool(row["retain"]))
+                    for row in unsent(db, last_queued, MAX_INFLIGHT - len(pending), resend_since):
+                        info = self.client.publish(row["topic"], row["payload"], qos=row["qos"],
+                                                   retain=bool(row["retain"]))
+                        if info.rc != paho.MQTT_ERR_SUCCESS:
+                            self._restart_from_oldest.set()  # the connection went: resend from the oldest unsent
+                            break
+                        pending[row["id"]] = info
                         last_queued = row["id"]
                         published += 1
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_EVERY_SECONDS
                     purge_sent(db, self.settings.keep_sent_hours)
                 # Sleep only when idle: while a backlog drains, the next batch goes out at once.
-                self._stop.wait(POLL_SECONDS if not (acked or published) else 0.002)
+                stop.wait(POLL_SECONDS if not (acked or published) else 0.002)
         finally:
             db.conn.close()
+
+    def _acknowledged(self, pending: dict[int, paho.MQTTMessageInfo]) -> list[int]:
+        """Rows the broker acknowledged, removed from `pending`.
+
+        paho 2 raises from is_published() for a message whose connection was lost before
+        it went out: such a message is resent after the reconnect, never counted as sent.
+        """
+        acked = []
+        for row_id, info in list(pending.items()):
+            try:
+                done = info.is_published()
+            except (RuntimeError, ValueError):
+                self._restart_from_oldest.set()
+                return acked
+            if done:
+                acked.append(row_id)
+                del pending[row_id]
+        return acked
 
     def stop(self, flush_seconds: float = 10.0) -> None:
         """Send what is queued (bounded wait), say offline, disconnect. Unsent rows stay queued."""
@@ -162,7 +200,8 @@ class MqttService:
             while self.connected.is_set() and time.monotonic() < deadline and backlog(db):
                 time.sleep(POLL_SECONDS)
             self._stop.set()
-            self._thread.join(5)
+            if self._sender is not None:
+                self._sender.stop(5)
             if self.connected.is_set():
                 self.client.publish(self.topics.status, OFFLINE, qos=1, retain=True).wait_for_publish(2)
             self.client.disconnect()

@@ -20,9 +20,11 @@ def enqueue(db: sqlite_utils.Database, topic: str, payload: str, qos: int = 1, r
     return cursor.lastrowid
 
 
-def unsent(db: sqlite_utils.Database, after_id: int = 0, limit: int = 100) -> list[dict]:
-    return list(db.query("SELECT id, topic, payload, qos, retain FROM outbox WHERE sent_at IS NULL AND id > ? "
-                         "ORDER BY id LIMIT ?", [after_id, limit]))
+def unsent(db: sqlite_utils.Database, after_id: int = 0, limit: int = 100, sent_since: str | None = None) -> list[dict]:
+    """Unsent rows after `after_id`, oldest first; with `sent_since`, also rows acknowledged since then."""
+    return list(db.query("SELECT id, topic, payload, qos, retain FROM outbox "
+                         "WHERE (sent_at IS NULL OR sent_at >= ?) AND id > ? ORDER BY id LIMIT ?",
+                         [sent_since or "~", after_id, limit]))
 
 
 def mark_sent(db: sqlite_utils.Database, ids: list[int]) -> None:

@@ -16,7 +16,9 @@ from typing import Protocol, Sequence
 import sqlite_utils
 
 from .detection import Detector
-from .store import Store
+from .errors import StorageError
+from .notify import Notifier
+from .store import Store, busy
 from .types import Classifier, Detection, Scores, Source, Window
 from .windowing import Windower
 
@@ -41,7 +43,8 @@ class PipelineCounters:
 class Pipeline:
     def __init__(self, source: Source, windower: Windower, classifier: Classifier,
                  detector: Detector, store: Store, run_id: int, stop: Event,
-                 listeners: Sequence[BatchListener] = (), summary_seconds: float = 60.0):
+                 listeners: Sequence[BatchListener] = (), summary_seconds: float = 60.0,
+                 notifier: Notifier | None = None):
         self.source = source
         self.windower = windower
         self.classifier = classifier
@@ -51,10 +54,10 @@ class Pipeline:
         self.stop = stop
         self.listeners = list(listeners)
         self.summary_seconds = summary_seconds
+        self.notifier = notifier or Notifier()
         self.counters = PipelineCounters()
 
     def run(self) -> dict:
-        status = "stopped"
         next_summary = time.monotonic() + self.summary_seconds
         try:
             for chunk in self.source.chunks(self.stop):
@@ -62,14 +65,21 @@ class Pipeline:
                 self._process(self.windower.push(chunk))
                 if chunk.final:
                     self._save([], self.detector.flush(chunk.source))
+                self.notifier.progress(self.summary_line())
                 if time.monotonic() >= next_summary:
                     next_summary += self.summary_seconds
                     self._summarise()
-        except BaseException:
-            status = "failed"
+        except StorageError:
+            self._close_after_storage_failure()
             raise
-        finally:
-            self._shutdown(status)
+        except BaseException:
+            self._shutdown("failed")
+            raise
+        try:
+            self._shutdown("stopped")
+        except StorageError:
+            self._close_after_storage_failure()
+            raise
         return self.snapshot()
 
     def _process(self, windows: Sequence[Window]) -> None:
@@ -83,13 +93,14 @@ class Pipeline:
     def _save(self, scores: Sequence[Scores], detections: Sequence[Detection]) -> None:
         if not scores and not detections:
             return
-        self.counters.detections += sum(d.status == "closed" for d in detections)
         with self.store.transaction():
             self.store.save(detections, self.run_id)
             for listener in self.listeners:
                 listener.on_batch(self.store.db, scores, detections)
+        self.counters.detections += sum(d.status == "closed" for d in detections)
 
     def _shutdown(self, status: str) -> None:
+        self.notifier.stopping()
         self.source.close()
         try:
             self._process(self.windower.flush())
@@ -98,9 +109,22 @@ class Pipeline:
             self.store.update_run(self.run_id, self.snapshot(), status=status)
             self._summarise()
 
+    def _close_after_storage_failure(self) -> None:
+        """The disk is full: free the store's reserve, close open events and the run, hear nothing more."""
+        self.notifier.stopping()
+        self.source.close()
+        self.store.release_reserve()
+        try:
+            self._save([], self.detector.flush())
+            self.store.update_run(self.run_id, self.snapshot(), status="failed")
+        except StorageError as exc:
+            log.error("could not close the run either (the next start marks it crashed): %s", exc)
+
     def snapshot(self) -> dict:
         values = asdict(self.counters)
-        values.update(vars(getattr(self.source, "counters", None) or {}))
+        source_counters = getattr(self.source, "counters", None)
+        if source_counters is not None:
+            values.update(vars(source_counters))
         values["audio_seconds"] = round(self.counters.audio_seconds, 3)
         values.pop("lag_seconds")  # a live figure for health checks, not a run total
         return values
@@ -108,11 +132,15 @@ class Pipeline:
     def health(self) -> dict:
         """Live figures for a health monitor on another thread (reads only)."""
         return {**self.snapshot(), "lag_seconds": round(self.counters.lag_seconds, 3),
-                "connected": getattr(self.source, "connected", True)}
+                "connected": getattr(self.source, "connected", True), "db_busy_retries": busy.retries}
+
+    def summary_line(self) -> str:
+        s = self.snapshot()
+        return (f"{s['audio_seconds']:.0f} s audio, {s['windows']} windows, {s['detections']} detections, "
+                f"{s.get('dropped_seconds', 0.0):.1f} s audio dropped, {s.get('files_failed', 0)} file(s) failed")
 
     def _summarise(self) -> None:
-        s = self.snapshot()
-        log.info("summary: %.0f s audio, %d windows, %d detections, %.1f s audio dropped, "
-                 "%d file(s) failed", s["audio_seconds"], s["windows"], s["detections"],
-                 s.get("dropped_seconds", 0.0), s.get("files_failed", 0))
-        self.store.update_run(self.run_id, s)
+        line = self.summary_line()
+        log.info("summary: %s", line)
+        self.notifier.status(line)
+        self.store.update_run(self.run_id, self.snapshot())

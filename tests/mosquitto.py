@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import json
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -68,6 +69,24 @@ class Mosquitto:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+
+    def kill(self) -> None:
+        """kill -9: no goodbye to clients, nothing saved since the last save."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def save(self) -> None:
+        """Write the broker's persistence file now (SIGUSR1), e.g. to keep a subscriber's session over a kill."""
+        before = self._persistence_mtime()
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while self._persistence_mtime() == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def _persistence_mtime(self) -> float | None:
+        db = self.folder / "mosquitto.db"
+        return db.stat().st_mtime_ns if db.exists() else None
 
 
 class Subscriber:

@@ -5,6 +5,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +19,8 @@ from station.alerts import AlertEngine
 from station.config import AlertSettings, MqttSettings, Settings
 from station.messages import Topics
 from station.mqtt import MqttService
+from station.outbox import enqueue
+from station.supervise import Supervisor
 from station.store import Store
 from station.types import Detection, Species
 
@@ -85,7 +88,7 @@ def test_a_broker_outage_loses_nothing_and_keeps_order(broker, tmp_path, caplog)
     engine = AlertEngine(AlertSettings(enabled=False), "st1", topics)
     service = MqttService(MqttSettings(enabled=True, port=broker.port, reconnect_max_seconds=1), topics,
                           tmp_path / "st.db", None)
-    service.start()
+    service.start(Supervisor(threading.Event()))
     sent = [Detection(f"det{i:03d}", "st1", "mic", "m", OWL, 0.9, 0.9, 1, T0 + timedelta(seconds=i),
                       T0 + timedelta(seconds=i + 3), i, i + 3, status="closed") for i in range(90)]
     feed(store, engine, sent[:30])
@@ -178,7 +181,7 @@ def test_home_assistant_discovery_is_retained_and_re_announced(broker, tmp_path)
     topics = Topics("station", "st1")
     expected = discovery_messages(topics, "homeassistant", "m")
     subscriber = Subscriber(broker.port, "homeassistant/#", client_id="ha")
-    service = start_mqtt(settings, topics, "m")
+    service = start_mqtt(settings, topics, "m", Supervisor(threading.Event()))
     subscriber.wait_for(lambda: len(subscriber.messages) >= len(expected))
     configs = {t: json.loads(p) for t, p, _ in subscriber.messages}
     event = configs["homeassistant/event/field_station_st1/detection/config"]
@@ -194,3 +197,39 @@ def test_home_assistant_discovery_is_retained_and_re_announced(broker, tmp_path)
     service.stop()
     subscriber.close()
     late.close()
+
+
+def test_the_sender_survives_broker_kills_in_mid_drain_and_every_message_arrives(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="station")
+    (tmp_path / "broker").mkdir()
+    broker = Mosquitto(tmp_path / "broker").start()
+    subscriber = Subscriber(broker.port, "station/st1/detections", client_id="persistent-reader")
+    broker.save()  # the subscriber's session survives a kill -9, so it misses nothing while it reconnects
+    store = Store.open(tmp_path / "st.db")
+    topics = Topics("station", "st1")
+    total = 6000
+    with store.transaction():
+        for i in range(total):
+            enqueue(store.db, topics.detections, json.dumps({"id": f"m{i:05d}"}))
+    stop_process = threading.Event()
+    supervisor = Supervisor(stop_process)
+    service = MqttService(MqttSettings(enabled=True, port=broker.port, reconnect_max_seconds=1), topics,
+                          tmp_path / "st.db", None)
+    service.start(supervisor)
+    try:
+        for kill in range(3):
+            received = len(subscriber.json("station"))
+            subscriber.wait_for(lambda: len(subscriber.json("station")) >= received + 500, timeout=60)
+            broker.kill()
+            broker.start()
+        subscriber.wait_for(lambda: len({m["id"] for m in subscriber.json("station")}) >= total, timeout=120)
+    finally:
+        service.stop()
+        supervisor.stop()
+        broker.stop()
+        subscriber.close()
+    assert {m["id"] for m in subscriber.json("station")} == {f"m{i:05d}" for i in range(total)}
+    assert store.db.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()[0] == 0
+    store.close()
+    assert supervisor.gave_up is None and not stop_process.is_set()
+    assert not [r for r in caplog.records if r.exc_info], "no thread died along the way"
