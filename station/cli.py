@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")
     check = _command(config_commands, "check", cmd_config_check, "validate a config file; non-zero exit if bad")
     check.add_argument("file", nargs="?", type=Path, help="config file (default: --config / config.yaml)")
-    _config_option(check)
+    _pipeline_options(check)  # --db/--model: check the database and model the daemon will be given
 
     detections = _command(commands, "detections", cmd_detections, "recent detections as a table")
     _config_option(detections)
@@ -171,13 +171,14 @@ def config_path(args) -> Path | None:
     return Path("config.yaml") if Path("config.yaml").is_file() else None
 
 
-def settings_for(args) -> Settings:
-    settings = load_settings(config_path(args))
+def settings_for(args, path: Path | None = None, require_model: bool = False) -> Settings:
+    """The config (`path`, else --config) with --model/--db, checked for meaning: every problem at once (exit 2)."""
+    from .config import Override
+
+    flags = [("model.path", "model", "--model"), ("storage.database", "db", "--db")]
+    overrides = [Override(key, getattr(args, name), flag) for key, name, flag in flags if getattr(args, name, None)]
+    settings = load_settings(path or config_path(args), overrides, require_model=require_model)
     updates = {}
-    if getattr(args, "model", None):
-        updates["model"] = settings.model.model_copy(update={"path": args.model})
-    if getattr(args, "db", None):
-        updates["storage"] = settings.storage.model_copy(update={"database": args.db})
     if getattr(args, "device", None) is not None:
         device = int(args.device) if args.device.isdigit() else args.device
         updates["audio"] = settings.audio.model_copy(update={"device": device})
@@ -266,8 +267,22 @@ def cmd_model_info(args) -> int:
 
 
 def cmd_config_check(args) -> int:
+    from .errors import ConfigError
+
     path = args.file or config_path(args)
-    load_settings(path)
+    try:
+        settings_for(args, path, require_model=True)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"station: error: {line}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # the last line of defence: whatever the file, one line, never a traceback
+        try:
+            detail = (str(exc).splitlines() or [""])[0][:200]
+        except Exception:
+            detail = ""
+        print(f"station: error: {path}: cannot check: {type(exc).__name__}: {detail}", file=sys.stderr)
+        return 2
     print(f"{path or 'built-in defaults'}: ok")
     return 0
 
