@@ -191,7 +191,18 @@ def settings_for(args, path: Path | None = None, require_model: bool = False) ->
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Log lines to stderr; without a timestamp when stderr is the journal, which stamps each line itself."""
+    # systemd sets JOURNAL_STREAM=<device>:<inode> of the stream it gave us. Children inherit the
+    # variable (a terminal started by a user service has it), so it counts only if it is our stderr.
+    to_journal = False
+    try:
+        device, inode = (int(part) for part in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        stderr = os.fstat(sys.stderr.fileno())
+        to_journal = (stderr.st_dev, stderr.st_ino) == (device, inode)
+    except (ValueError, OSError, AttributeError):
+        pass
+    stamp = "" if to_journal else "%(asctime)s "
+    logging.basicConfig(level=level, format=stamp + "%(levelname)s %(name)s: %(message)s")
 
 
 def cmd_run(args) -> int:

@@ -376,6 +376,7 @@ def read_secret(name: str) -> str | None:
     cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
     if cred_dir:
         cred = Path(cred_dir) / name
-        if cred.is_file():
-            return cred.read_text(encoding="utf-8").strip()
+        # An empty credential is the unit's default (SetCredential=) when no file was given: not set.
+        if cred.is_file() and (value := cred.read_text(encoding="utf-8").strip()):
+            return value
     return os.environ.get("STATION_" + name.upper().replace("-", "_"))
