@@ -41,6 +41,8 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 STATION_ID = "soak"
 KINDS = ("detections", "alerts")
 STARTED = time.monotonic()
+# The daemon and the readers run in the work folder: let them import this checkout's station.
+CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 def say(message: str) -> None:
@@ -50,24 +52,32 @@ def say(message: str) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hours", type=float, default=6.0, help="audio to place in the watched folder (default 6)")
-    p.add_argument("--data", type=Path, default=Path(os.environ.get("STATION_TEST_DATA") or REPO.parent / "shared" / "data"),
-                   help="the shared recordings (default $STATION_TEST_DATA, else ../shared/data)")
+    p.add_argument("--data", type=Path, help="the shared recordings (default $STATION_TEST_DATA, else ../shared/data)")
     p.add_argument("--model", type=Path, help="model folder (default: export the tiny random test model)")
-    p.add_argument("--work", type=Path, help="work folder for the database, logs and copies (default: a new temp folder)")
+    p.add_argument("--work", type=Path, help="folder for the database, logs and copies (default: a new temp folder)")
     p.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     p.add_argument("--rate", type=float, default=20.0,
-                   help="audio seconds placed per wall second at most; 0 = as fast as the daemon keeps up (default 20)")
-    p.add_argument("--lead", type=float, default=1800.0, help="most audio seconds placed but not yet read (default 1800)")
-    p.add_argument("--broker-kill-every", type=float, default=120.0, help="seconds between broker SIGKILLs (default 120)")
+                   help="audio seconds placed per wall second at most; 0: as fast as the daemon reads (default 20)")
+    p.add_argument("--lead", type=float, default=1800.0,
+                   help="most audio seconds placed but not yet read (default 1800)")
+    p.add_argument("--broker-kill-every", type=float, default=120.0,
+                   help="seconds between broker SIGKILLs (default 120)")
     p.add_argument("--broker-down", type=float, default=2.0, help="seconds the broker stays down (default 2)")
     p.add_argument("--daemon-kills", type=int, default=3, help="daemon SIGKILLs at seeded moments (default 3)")
     p.add_argument("--seed", type=int, default=1, help="seed for the kill moments (default 1)")
     p.add_argument("--reader-every", type=float, default=1.0, help="seconds between database reads (default 1)")
     p.add_argument("--rss-every", type=float, default=3.0, help="seconds between RSS samples (default 3)")
-    p.add_argument("--warmup", type=float, default=30.0, help="seconds of a daemon life counted as warm-up (default 30)")
-    p.add_argument("--drain-timeout", type=float, default=180.0, help="longest wait for the outbox and subscriber (default 180)")
-    p.add_argument("--stall-seconds", type=float, default=300.0, help="give up when the daemon reads nothing this long (default 300)")
-    return p.parse_args(argv)
+    p.add_argument("--lazy-broker", action="store_true",
+                   help="keep Mosquitto's default autosave (every 30 min): shows what a SIGKILL then loses")
+    p.add_argument("--warmup", type=float, default=30.0,
+                   help="seconds of a daemon life counted as warm-up (default 30)")
+    p.add_argument("--drain-timeout", type=float, default=180.0,
+                   help="longest wait for the outbox and the subscriber (default 180)")
+    p.add_argument("--stall-seconds", type=float, default=300.0,
+                   help="give up when the daemon makes no progress this long (default 300)")
+    args = p.parse_args(argv)
+    args.data = args.data or Path(os.environ.get("STATION_TEST_DATA") or REPO.parent / "shared" / "data")
+    return args
 
 
 # ---- the database, read as any other reader would ---------------------------------------------
@@ -89,20 +99,13 @@ def has_runs(db: Path) -> bool:
     return db.exists() and bool(read(db, "SELECT 1 FROM sqlite_master WHERE name = 'runs'"))
 
 
-@dataclass(frozen=True)
-class RunState:
-    run_id: int
-    files_done: int
-    audio_seconds: float
-    windows: int
-
-
-def run_state(db: Path, pid: int, after_run: int) -> RunState | None:
+def run_audio_seconds(db: Path, pid: int, after_run: int) -> float | None:
+    """Audio read so far by the daemon's current run (None until it has started one)."""
     if not has_runs(db):
         return None
-    rows = read(db, "SELECT id, files_ok + files_failed, audio_seconds, windows FROM runs "
-                    "WHERE pid = ? AND id > ? ORDER BY id DESC LIMIT 1", (pid, after_run))
-    return RunState(*rows[0]) if rows else None
+    rows = read(db, "SELECT audio_seconds FROM runs WHERE pid = ? AND id > ? ORDER BY id DESC LIMIT 1",
+                (pid, after_run))
+    return rows[0][0] if rows else None
 
 
 def last_run_id(db: Path) -> int:
@@ -129,7 +132,7 @@ class Broker:
     die without warning needs, so the soak measures the station, not that window.
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, lazy: bool = False):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.port = free_port()
@@ -137,14 +140,14 @@ class Broker:
         self.config.write_text("\n".join([
             f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "allow_anonymous true",
             "persistence true", f"persistence_location {folder}/",
-            "autosave_on_changes true", "autosave_interval 1",
+            *([] if lazy else ["autosave_on_changes true", "autosave_interval 1"]),
             "max_queued_messages 0",  # the default 1000 drops QoS 1 messages for a slow subscriber
             f"log_dest file {folder}/mosquitto.log",
             "log_type error", "log_type warning", "log_type notice", "log_type information"]) + "\n")
         self.process: subprocess.Popen | None = None
 
     def start(self, attempts: int = 5) -> None:
-        for attempt in range(attempts):
+        for _ in range(attempts):
             self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 10
@@ -212,7 +215,6 @@ class Subscriber:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
 
-        self.prefix = prefix
         self.received = {kind: Counter() for kind in KINDS}
         self.unreadable = 0
         self.health: tuple[float, dict] | None = None  # (when received, payload) of the last live one
@@ -285,18 +287,18 @@ class Card:
     def __init__(self, folder: Path, playlist: list[Recording], start: float):
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.playlist, self.start = folder, playlist, start
-        self.placed: list[float] = []
+        self.files = 0
         self.seconds = 0.0
 
     def place_next(self) -> None:
-        recording = self.playlist[len(self.placed) % len(self.playlist)]
-        name = f"{len(self.placed):06d}_{recording.path.name}"
+        recording = self.playlist[self.files % len(self.playlist)]
+        name = f"{self.files:06d}_{recording.path.name}"
         partial = self.folder / f"{name}.part"  # not a watched extension until the rename
         shutil.copyfile(recording.path, partial)
         end = self.start + self.seconds + recording.seconds  # a recorder's file ends when written
         os.utime(partial, (end, end))
         partial.rename(self.folder / name)
-        self.placed.append(recording.seconds)
+        self.files += 1
         self.seconds += recording.seconds
 
 
@@ -326,7 +328,8 @@ class Daemon:
         log.parent.mkdir(exist_ok=True)
         self.logs.append(log)
         with log.open("w") as out:
-            self.process = subprocess.Popen(self.command, cwd=self.work, stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(self.command, cwd=self.work, stdout=out, stderr=subprocess.STDOUT,
+                                            env=CHILD_ENV)
         self.started = time.monotonic()
 
     @property
@@ -388,7 +391,7 @@ class Reader(threading.Thread):
             except sqlite3.Error as exc:
                 self.failures[f"sqlite3: {exc}"] += 1
             try:
-                result = subprocess.run(cli, capture_output=True, text=True, timeout=60)
+                result = subprocess.run(cli, capture_output=True, text=True, timeout=60, env=CHILD_ENV)
                 for line in result.stdout.splitlines():
                     json.loads(line)
                 if result.returncode != 0 or "Traceback" in result.stderr:
@@ -403,13 +406,16 @@ class Reader(threading.Thread):
 # ---- the soak ---------------------------------------------------------------------------------
 
 def export_tiny_model(folder: Path) -> Path:
-    try:
-        from station.export import ExportOptions, export_model
-        from station.random_model import build_random_wav2vec2
-        hf = build_random_wav2vec2(folder / "hf", size="tiny")
-        return export_model(ExportOptions(str(hf), folder / "tiny", window_seconds=3.0, name="tiny-random")).path
-    except ImportError as exc:
-        raise SystemExit(f"soak: the tiny model needs the export extra ({exc}); or pass --model DIR")
+    """tests/conftest.py's tiny random wav2vec2, exported in a child process: torch stays out of the soak."""
+    code = ("import sys; from pathlib import Path; from station.export import ExportOptions, export_model; "
+            "from station.random_model import build_random_wav2vec2; root = Path(sys.argv[1]); "
+            "hf = build_random_wav2vec2(root / 'hf', size='tiny'); "
+            "export_model(ExportOptions(str(hf), root / 'tiny', window_seconds=3.0, name='tiny-random'))")
+    result = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, env=CHILD_ENV)
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"soak: could not export the tiny model (needs the export extra; or pass --model DIR): {last}")
+    return folder / "tiny"
 
 
 def write_config(work: Path, port: int) -> Path:
@@ -446,7 +452,7 @@ class Soak:
         say(f"work folder {self.work}")
         playlist = recordings(self.args.data)
         model = self.args.model or export_tiny_model(self.work / "model")
-        self.broker = Broker(self.work / "broker")
+        self.broker = Broker(self.work / "broker", self.args.lazy_broker)
         self.broker.start()
         subscriber = Subscriber(self.broker.port, f"station/{STATION_ID}")
         self.config = write_config(self.work, self.broker.port)
@@ -490,15 +496,16 @@ class Soak:
             now = time.monotonic()
             if not self.daemon.alive:
                 self._restart_after_exit()
-            state = run_state(self.db, self.daemon.process.pid, self.daemon.after_run)
-            if state and reader.ident is None:
+            state = run_audio_seconds(self.db, self.daemon.process.pid, self.daemon.after_run)
+            started = state is not None
+            if started and reader.ident is None:
                 reader.start()  # once the daemon has made the database: a reader never creates it
             # The run row is updated once a second while audio flows; the lead covers its staleness.
-            read = state.audio_seconds if state else 0.0
+            read = state or 0.0
             allowed = self.target if self.args.rate <= 0 else self.args.rate * (now - placing_since)
             while card.seconds < min(self.target, allowed) and card.seconds - read < self.args.lead:
                 card.place_next()
-            if kill_points and card.seconds >= kill_points[0] and state:
+            if kill_points and card.seconds >= kill_points[0] and started:
                 kill_at = kill_at or now + self.rng.uniform(0.0, 2.0)  # somewhere inside the work
                 if now >= kill_at:
                     self.daemon.kill()
@@ -510,9 +517,9 @@ class Soak:
                     kill_at = None
             if now - last_report >= 30:
                 last_report = now
-                say(f"placed {card.seconds / 3600:.2f} h in {len(card.placed)} files; life {self.daemon.life} "
+                say(f"placed {card.seconds / 3600:.2f} h in {card.files} files; life {self.daemon.life} "
                     f"has read {read / 3600:.2f} h")
-            progress.check(self.daemon.life, state, len(card.placed))
+            progress.check(self.daemon.life, state, card.files)
             time.sleep(0.2)
 
     def _wait_until_read(self, card: Card, subscriber: Subscriber) -> None:
@@ -523,7 +530,7 @@ class Soak:
             if not self.daemon.alive:
                 self._restart_after_exit()
             received, figures = subscriber.health or (0.0, {})
-            if received > asked and figures.get("files_ok", 0) + figures.get("files_failed", 0) >= len(card.placed):
+            if received > asked and figures.get("files_ok", 0) + figures.get("files_failed", 0) >= card.files:
                 say(f"all {card.seconds / 3600:.2f} h placed and read")
                 return
             progress.check(self.daemon.life, figures.get("audio_seconds"))
@@ -568,7 +575,7 @@ class Soak:
         figures = {
             "work": str(self.work), "wall_seconds": round(wall, 1), "options": vars_json(self.args),
             "audio": {"target_hours": self.args.hours, "placed_hours": round(card.seconds / 3600, 3),
-                      "placed_files": len(card.placed),
+                      "placed_files": card.files,
                       "processed_hours_all_runs": round(sum(r[2] or 0 for r in runs) / 3600, 3),
                       "covered_hours_final_run": round(final_run[0] / 3600, 3),
                       "final_run_files": final_run[1] + final_run[2], "final_run_files_failed": final_run[2]},
@@ -589,6 +596,8 @@ class Soak:
             "daemon_logs": logs,
             "rss": rss_figures(rss.samples, self.args.warmup),
         }
+        if chaos.error:
+            self.problems.append(f"the broker chaos stopped: {chaos.error}")
         figures["problems"] = self.problems + judge(figures, self.args)
         return figures
 
@@ -714,11 +723,12 @@ def vars_json(args: argparse.Namespace) -> dict:
 def report(f: dict) -> str:
     a, rss = f["audio"], f["rss"]
     lines = [
-        f"soak: {a['placed_hours']:.2f} h of audio placed ({a['placed_files']} files) in {f['wall_seconds'] / 60:.1f} min",
+        f"soak: {a['placed_hours']:.2f} h of audio placed ({a['placed_files']} files) "
+        f"in {f['wall_seconds'] / 60:.1f} min",
         f"  audio read: {a['processed_hours_all_runs']:.2f} h over all runs; the final run covered "
         f"{a['covered_hours_final_run']:.2f} h ({a['final_run_files']} files, {a['final_run_files_failed']} skipped)",
-        f"  daemon SIGKILLs {f['daemon_kills']}, lives {f['daemon_lives']}, exits by itself {len(f['unexpected_exits'])}, "
-        f"clean stop exit {f['final_exit_code']}; broker SIGKILLs {f['broker_restarts']}",
+        f"  daemon SIGKILLs {f['daemon_kills']}, lives {f['daemon_lives']}, exits by itself "
+        f"{len(f['unexpected_exits'])}, clean stop exit {f['final_exit_code']}; broker SIGKILLs {f['broker_restarts']}",
     ]
     for kind, m in f["messages"].items():
         lines.append(f"  {kind}: produced {m['produced']}, received {m['received_distinct']} distinct "
