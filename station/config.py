@@ -59,7 +59,7 @@ class AudioSettings(Section):
     device: str | int | None = None  # name (substring) or index; None: system default
     sample_rate: int = Field(48000, ge=8000, le=384000)
     channels: int = Field(1, ge=1, le=32)
-    block_seconds: float = Field(0.5, gt=0.0, le=10.0)
+    block_seconds: float = Field(0.5, ge=0.01, le=10.0)  # a callback per few samples would eat the CPU
     queue_seconds: float = Field(60.0, gt=0.0, le=3600.0)
     reconnect_max_seconds: float = Field(30.0, gt=0.0, le=3600.0)  # a wait: threading refuses huge timeouts
     stall_seconds: float = Field(5.0, gt=0.0, le=3600.0)  # no callback for this long = device lost
@@ -107,7 +107,7 @@ class LocationSettings(Section):
 class ReplaySettings(Section):
     realtime: bool = False
     watch: bool = False
-    poll_seconds: float = Field(5.0, gt=0.0, le=3600.0)
+    poll_seconds: float = Field(5.0, ge=0.1, le=3600.0)
     extensions: list[str] = [".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aac"]
     chunk_seconds: float = Field(10.0, ge=0.1, le=300.0)  # decoded at once: memory grows with it
 
@@ -158,7 +158,7 @@ class AlertSettings(Section):
     no_audio_seconds: float = Field(60.0, gt=0)  # health: no audio for this long
     lag_seconds: float = Field(30.0, gt=0)  # health: inference this far behind the microphone
     disk_free_mb: float = Field(500.0, ge=0)  # health: free space where the database lives
-    check_seconds: float = Field(10.0, gt=0, le=3600)  # how often health is checked
+    check_seconds: float = Field(10.0, ge=0.1, le=3600)  # how often health is checked
 
     @field_validator("type_cooldown_minutes")
     @classmethod
@@ -171,7 +171,7 @@ class AlertSettings(Section):
 
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    summary_seconds: float = Field(60.0, gt=0.0)
+    summary_seconds: float = Field(60.0, ge=1.0)
 
 
 class Settings(Section):
