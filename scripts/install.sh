@@ -191,8 +191,12 @@ config_problem() {
     checked="$root$CONFIG_DIR/.config.check.yaml"
     sed -e "s#$STATE/#$root$STATE/#g" -e "s#$CONFIG_DIR/#$root$CONFIG_DIR/#g" "$config" > "$checked"
   fi
-  if ! output="$("$root$CODE/.venv/bin/station" config check --config "$checked" 2>&1 >/dev/null)"; then
-    echo "${output%%$'\n'*}" | sed 's/^station: error: //'
+  if ! output="$("$root$CODE/.venv/bin/station" config check --config "$checked" --db "$root$STATE/station.db" \
+                  2>&1 >/dev/null)"; then
+    output="${output%%$'\n'*}"
+    output="${output#station: error: }"
+    if [[ -n "$root" ]]; then output="${output//"$checked"/"$CONFIG_DIR/config.yaml"}"; output="${output//"$root"/}"; fi
+    echo "$output"
   fi
   [[ "$checked" == "$config" ]] || rm -f "$checked"
 }
