@@ -29,8 +29,8 @@ import numpy as np
 import sqlite_utils
 
 from .config import AlertSettings
-from .detection import SpeciesFilter
-from .messages import Topics, alert_payload, detection_payload, encode
+from .detection import EVENT_NAMESPACE, SpeciesFilter
+from .messages import Topics, alert_payload, encode
 from .outbox import enqueue
 from .store import iso, utc_now
 from .types import Detection, Scores, Species
@@ -48,9 +48,10 @@ class AlertWriter:
 
     def raise_alert(self, db: sqlite_utils.Database, alert_type: str, when: datetime, species: Species | None = None,
                     detection_ids: Sequence[str] = (), details: dict[str, Any] | None = None) -> dict | None:
-        if self._cooling_down(db, alert_type, species, when):
+        alert_id = uuid.uuid5(EVENT_NAMESPACE, "|".join(
+            [self.station, alert_type, species.label if species else "", iso(when)])).hex
+        if self._already_raised(db, alert_id) or self._cooling_down(db, alert_type, species, when):
             return None
-        alert_id = uuid.uuid4().hex
         payload = alert_payload(alert_id, self.station, alert_type, utc_now(), species, list(detection_ids),
                                 {"event_time": iso(when), **(details or {})})
         db["alerts"].insert({
@@ -65,6 +66,11 @@ class AlertWriter:
         log.info("alert %s%s", alert_type, f": {species.name}" if species else "")
         return payload
 
+    @staticmethod
+    def _already_raised(db, alert_id: str) -> bool:
+        """The same alert (type, species, event time) from an earlier pass over the same audio."""
+        return db.execute("SELECT 1 FROM alerts WHERE id = ?", [alert_id]).fetchone() is not None
+
     def _cooling_down(self, db, alert_type: str, species: Species | None, when: datetime) -> bool:
         minutes = self.settings.type_cooldown_minutes.get(alert_type, self.settings.cooldown_minutes)
         if minutes <= 0:
@@ -77,7 +83,7 @@ class AlertWriter:
 
 
 class AlertEngine:
-    """A pipeline BatchListener: queues detection messages and raises stream alerts."""
+    """A pipeline BatchListener: raises stream alerts (stored, and queued for MQTT when `topics`)."""
 
     def __init__(self, settings: AlertSettings, station: str, topics: Topics | None):
         self.settings = settings
@@ -89,9 +95,6 @@ class AlertEngine:
 
     def on_batch(self, db: sqlite_utils.Database, scores: Sequence[Scores], detections: Sequence[Detection]) -> None:
         closed = [d for d in detections if d.status == "closed"]
-        if self.topics:
-            for det in closed:
-                enqueue(db, self.topics.detections, encode(detection_payload(det)))
         if not self.settings.enabled:
             return
         for det in closed:

@@ -19,7 +19,8 @@ from .inference import OnnxClassifier
 from .messages import Topics
 from .mqtt import MqttService
 from .notify import Notifier
-from .pipeline import Pipeline
+from .pipeline import BatchListener, Pipeline
+from .publish import DetectionPublisher
 from .range_filter import RangeFilter
 from .sources import DirectorySource, FileSource
 from .store import Store
@@ -98,6 +99,16 @@ def start_mqtt(settings: Settings, topics: Topics, model: str, supervisor: Super
     return service
 
 
+def recover(store: Store, listeners: list[BatchListener]) -> None:
+    """Events a crashed run left open are closed as `recovered` and published like any other."""
+    recovered = store.recover()
+    if recovered:
+        with store.transaction():
+            for listener in listeners:
+                if isinstance(listener, DetectionPublisher):
+                    listener.publish(store.db, recovered)
+
+
 def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
     """Build the stages, run the source to its end or to `stop`, and return the run's counters.
 
@@ -111,15 +122,17 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
     supervisor = Supervisor(stop)
     mqtt = health = None
     try:
-        store.recover()
+        topics = Topics(settings.mqtt.topic_prefix, settings.station.id) if settings.mqtt.enabled else None
+        listeners: list[BatchListener] = [AlertEngine(settings.alerts, settings.station.id, topics)]
+        if topics:
+            listeners.insert(0, DetectionPublisher(topics))
+        recover(store, listeners)
         run_id = store.start_run(settings.station.id, command, classifier.model_name)
         log.info("%s: %s -> %s (model %s, run %d)", command, source.name,
                  settings.storage.database, classifier.model_name, run_id)
-        topics = Topics(settings.mqtt.topic_prefix, settings.station.id) if settings.mqtt.enabled else None
         pipeline = Pipeline(
             source, build_windower(settings, classifier), classifier,
-            build_detector(settings, classifier), store, run_id, stop,
-            listeners=[AlertEngine(settings.alerts, settings.station.id, topics)],
+            build_detector(settings, classifier), store, run_id, stop, listeners=listeners,
             summary_seconds=settings.logging.summary_seconds, notifier=Notifier.from_environment())
         mqtt = start_mqtt(settings, topics, classifier.model_name, supervisor) if topics else None
         health = HealthMonitor(

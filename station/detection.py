@@ -14,9 +14,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Iterable, Sequence
 
 from .types import Detection, Scores, Species
+
+
+# Event ids are derived from what the event is, so the same audio replayed again (after a
+# crash, or by mistake) gives the same ids: the store upserts instead of duplicating.
+EVENT_NAMESPACE = uuid.UUID("5b0c1d52-7f0e-4a43-9b8e-0f1a6c2d9e11")
+
+
+def event_id(station: str, model: str, source: str, label: str, start_time: datetime) -> str:
+    return uuid.uuid5(EVENT_NAMESPACE, "|".join([station, model, source, label, start_time.isoformat()])).hex
 
 
 def _key(name: str) -> str:
@@ -103,7 +113,7 @@ class Detector:
         event = self._open.get(key)
         if event is None:
             det = Detection(
-                id=uuid.uuid4().hex, station=self.station, source=w.source, model=self.model,
+                id=event_id(self.station, self.model, w.source, species.label, w.start_time), station=self.station, source=w.source, model=self.model,
                 species=species, confidence=score, mean_confidence=score, window_count=1,
                 start_time=w.start_time, end_time=w.end_time, start_offset=w.start_offset,
                 end_offset=w.end_offset, alternatives=alternatives)

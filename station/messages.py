@@ -13,7 +13,7 @@ from typing import Any
 from .store import iso
 from .types import Detection, Species
 
-DETECTION_SCHEMA = "field-station/detection/1"
+DETECTION_SCHEMA = "field-station/detection/2"  # 2: status
 ALERT_SCHEMA = "field-station/alert/1"
 HEALTH_SCHEMA = "field-station/health/1"
 ONLINE, OFFLINE = "online", "offline"
@@ -58,6 +58,7 @@ def detection_payload(det: Detection) -> dict[str, Any]:
         "window_count": det.window_count, "start_time": iso(det.start_time), "end_time": iso(det.end_time),
         "start_offset": round(det.start_offset, 3), "end_offset": round(det.end_offset, 3),
         "alternatives": [{"label": label, "score": round(score, 4)} for label, score in det.alternatives],
+        "status": det.status,
     }
 
 

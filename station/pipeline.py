@@ -94,10 +94,10 @@ class Pipeline:
         if not scores and not detections:
             return
         with self.store.transaction():
-            self.store.save(detections, self.run_id)
+            stored = self.store.save(detections, self.run_id)
             for listener in self.listeners:
-                listener.on_batch(self.store.db, scores, detections)
-        self.counters.detections += sum(d.status == "closed" for d in detections)
+                listener.on_batch(self.store.db, scores, stored)
+        self.counters.detections += sum(d.status == "closed" for d in stored)
 
     def _shutdown(self, status: str) -> None:
         self.notifier.stopping()

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import sqlite_utils
 
 from .errors import StorageError
-from .types import Detection
+from .types import Detection, Species
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,22 @@ def detection_row(det: Detection, run_id: int | None) -> dict:
     }
 
 
+def detection_from_row(row: dict) -> Detection:
+    return Detection(
+        id=row["id"], station=row["station"], source=row["source"], model=row["model"],
+        species=Species(row["label"], row["scientific_name"], row["common_name"] or row["label"]),
+        confidence=row["confidence"], mean_confidence=row["mean_confidence"] or row["confidence"],
+        window_count=row["window_count"] or 1, start_time=parse_iso(row["start_time"]),
+        end_time=parse_iso(row["end_time"]), start_offset=row["start_offset"] or 0.0,
+        end_offset=row["end_offset"] or 0.0,
+        alternatives=tuple((a["label"], a["score"]) for a in json.loads(row["alternatives"] or "[]")),
+        status=row["status"], clip_path=row["clip_path"])
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 class Store:
     """Writes runs and detection events; every write is its own short transaction.
 
@@ -239,23 +255,25 @@ class Store:
         if self.reserve is not None:
             self.reserve.unlink(missing_ok=True)
 
-    def recover(self) -> int:
-        """Close what a crashed process left open: its events and its run. Returns events closed."""
+    def recover(self) -> list[Detection]:
+        """Close what a crashed process left open: its events (as `recovered`) and its run."""
         dead = [r["id"] for r in self.db.query("SELECT id, pid, host FROM runs WHERE status = 'running'")
                 if not _alive(r["pid"], r["host"])]
         if not dead:
-            return 0
+            return []
         marks = ",".join("?" * len(dead))
         with write_transaction(self.db):
-            cur = self.db.execute(
+            self.db.execute(
                 f"UPDATE detections SET status = 'recovered', updated = ? "
                 f"WHERE status = 'open' AND run_id IN ({marks})", [utc_now(), *dead])
             self.db.execute(
                 f"UPDATE runs SET status = 'crashed', stopped = COALESCE(stopped, ?) WHERE id IN ({marks})",
                 [utc_now(), *dead])
-        if cur.rowcount:
-            log.warning("closed %d detection(s) left open by a run that did not stop cleanly", cur.rowcount)
-        return cur.rowcount
+            recovered = [detection_from_row(r) for r in self.db.query(
+                f"SELECT * FROM detections WHERE status = 'recovered' AND run_id IN ({marks})", dead)]
+        if recovered:
+            log.warning("closed %d detection(s) left open by a run that did not stop cleanly", len(recovered))
+        return recovered
 
     def start_run(self, station: str, command: str, model: str) -> int:
         with write_transaction(self.db):
@@ -275,11 +293,19 @@ class Store:
         """One write transaction for several writes; nested uses become savepoints."""
         return write_transaction(self.db)
 
-    def save(self, detections: Iterable[Detection], run_id: int | None) -> None:
-        rows = [detection_row(d, run_id) for d in detections]
-        if rows:
-            with write_transaction(self.db):
-                self.db["detections"].upsert_all(rows, pk="id")
+    def save(self, detections: Iterable[Detection], run_id: int | None) -> list[Detection]:
+        """Store events by id; return those stored. A closed event is final: the same event
+        from a second pass over the same audio (same id) leaves it as it is."""
+        detections = list(detections)
+        if not detections:
+            return []
+        with write_transaction(self.db):
+            marks = ",".join("?" * len(detections))
+            final = {r[0] for r in self.db.execute(
+                f"SELECT id FROM detections WHERE status = 'closed' AND id IN ({marks})", [d.id for d in detections])}
+            changed = [d for d in detections if d.id not in final]
+            self.db["detections"].upsert_all([detection_row(d, run_id) for d in changed], pk="id")
+        return changed
 
     def recent(self, limit: int = 20) -> list[dict]:
         return list(self.db.query(

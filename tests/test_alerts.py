@@ -8,6 +8,7 @@ import pytest
 from station.alerts import AlertEngine
 from station.config import AlertSettings
 from station.messages import Topics
+from station.publish import DetectionPublisher
 from station.store import Store
 from station.types import Detection, Scores, Species, Window
 
@@ -38,6 +39,7 @@ class Station:
     def open(self):
         self.store = Store.open(self.path)
         self.engine = AlertEngine(self.settings, "st", Topics("station", "st"))
+        self.publisher = DetectionPublisher(Topics("station", "st"))
 
     def restart(self):
         self.store.close()
@@ -45,8 +47,9 @@ class Station:
 
     def feed(self, detections=(), scores=()):
         with self.store.transaction():
-            self.store.save(detections, None)
-            self.engine.on_batch(self.store.db, list(scores), list(detections))
+            stored = self.store.save(detections, None)
+            for listener in (self.publisher, self.engine):
+                listener.on_batch(self.store.db, list(scores), stored)
 
     def alerts(self, alert_type=None):
         rows = self.store.db.query("SELECT * FROM alerts ORDER BY event_time, rowid")

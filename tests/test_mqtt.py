@@ -15,9 +15,9 @@ import pytest
 
 from conftest import REPO, T0, station_cli, tone, write_config
 from mosquitto import Mosquitto, Subscriber, make_test_ca
-from station.alerts import AlertEngine
-from station.config import AlertSettings, MqttSettings, Settings
+from station.config import MqttSettings, Settings
 from station.messages import Topics
+from station.publish import DetectionPublisher
 from station.mqtt import MqttService
 from station.outbox import enqueue
 from station.supervise import Supervisor
@@ -73,11 +73,11 @@ def test_a_replay_publishes_every_detection_and_alert_valid_against_the_schemas(
     subscriber.close()
 
 
-def feed(store, engine, detections):
+def feed(store, publisher, detections):
     for det in detections:
         with store.transaction():
             store.save([det], None)
-            engine.on_batch(store.db, [], [det])
+            publisher.on_batch(store.db, [], [det])
 
 
 def test_a_broker_outage_loses_nothing_and_keeps_order(broker, tmp_path, caplog):
@@ -85,19 +85,19 @@ def test_a_broker_outage_loses_nothing_and_keeps_order(broker, tmp_path, caplog)
     subscriber = Subscriber(broker.port, "station/st1/detections")
     store = Store.open(tmp_path / "st.db")
     topics = Topics("station", "st1")
-    engine = AlertEngine(AlertSettings(enabled=False), "st1", topics)
+    publisher = DetectionPublisher(topics)
     service = MqttService(MqttSettings(enabled=True, port=broker.port, reconnect_max_seconds=1), topics,
                           tmp_path / "st.db", None)
     service.start(Supervisor(threading.Event()))
     sent = [Detection(f"det{i:03d}", "st1", "mic", "m", OWL, 0.9, 0.9, 1, T0 + timedelta(seconds=i),
                       T0 + timedelta(seconds=i + 3), i, i + 3, status="closed") for i in range(90)]
-    feed(store, engine, sent[:30])
+    feed(store, publisher, sent[:30])
     subscriber.wait_for(lambda: len(subscriber.json("station")) >= 30)
     broker.stop()
-    feed(store, engine, sent[30:60])  # the broker is down: these wait in the outbox
+    feed(store, publisher, sent[30:60])  # the broker is down: these wait in the outbox
     time.sleep(1.5)
     broker.start()
-    feed(store, engine, sent[60:])
+    feed(store, publisher, sent[60:])
     subscriber.wait_for(lambda: len({m["id"] for m in subscriber.json("station")}) >= 90, timeout=60)
     service.stop()
     store.close()

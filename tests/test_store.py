@@ -63,10 +63,10 @@ def test_open_events_of_a_dead_process_are_recovered_at_start(tmp_path):
             "s = Store.open(sys.argv[1]); r = s.start_run('st1', 'run', 'm'); s.save([detection(7)], r)")
     subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=REPO)
     store = Store.open(path)
-    assert store.recover() == 1
+    assert [d.id for d in store.recover()] == ["det7"]
     assert store.db["detections"].get("det7")["status"] == "recovered"
     assert [r["status"] for r in store.db["runs"].rows] == ["crashed"]
-    assert store.recover() == 0
+    assert store.recover() == []
 
 
 def test_open_events_of_a_live_process_are_left_alone(tmp_path):
@@ -74,5 +74,5 @@ def test_open_events_of_a_live_process_are_left_alone(tmp_path):
     run = store.start_run("st1", "run", "m")
     store.db["runs"].update(run, {"pid": 1})  # pid 1 is alive on every system
     store.save([detection(3)], run)
-    assert store.recover() == 0
+    assert store.recover() == []
     assert store.db["detections"].get("det3")["status"] == "open"
