@@ -90,7 +90,10 @@ ensure_user() {
     user_tool usermod --append --groups audio "$NAME"
     say "user $NAME: exists, in group audio"
   else
-    user_tool useradd --system --user-group --groups audio --home-dir "$STATE" --no-create-home \
+    local own_group=(--user-group)
+    # A group left behind by an earlier userdel would make --user-group fail.
+    if account_id group "$NAME" >/dev/null; then own_group=(--gid "$NAME"); fi
+    user_tool useradd --system "${own_group[@]}" --groups audio --home-dir "$STATE" --no-create-home \
       --shell /usr/sbin/nologin --comment "Field Station" "$NAME"
     say "user $NAME: created (system user, groups $NAME and audio, home $STATE)"
   fi
@@ -164,7 +167,8 @@ copy_models() {
     mv "$dest.partial" "$dest"
     copied+=("$name")
   done
-  if (( ${#copied[@]} )); then say "models: copied ${copied[*]} to $STATE/models"; fi
+  if (( ${#copied[@]} )); then say "models: copied ${copied[*]} to $STATE/models"
+  elif [[ ! -d "$SRC/models" ]]; then say "models: none in $SRC/models to copy"; fi
 }
 
 install_config() {
@@ -273,8 +277,9 @@ do_uninstall() {
   fi
   remove "$WANTS" "$WANTS"
   remove "$UNIT" "$UNIT"
-  systemd_running && systemctl daemon-reload
-  remove "$CODE" "$CODE (code and venv)"
+  if systemd_running; then systemctl daemon-reload; fi
+  if [[ -e "$root$CODE/.git" ]]; then say "kept $CODE: it is a git checkout, not an install (remove it yourself)"
+  else remove "$CODE" "$CODE (code and venv)"; fi
   if [[ "$purge" == yes ]]; then
     remove "$CONFIG_DIR" "$CONFIG_DIR (config and credentials)"
     remove "$STATE" "$STATE (database, clips and models)"
