@@ -118,6 +118,7 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
     checks stop, the outbox is flushed (bounded wait), `offline` is published, the DB closed.
     """
     classifier = build_classifier(settings)
+    detector = build_detector(settings, classifier)  # loads the range model: a bad one fails before any write
     store = Store.open(settings.storage.database)
     supervisor = Supervisor(stop)
     mqtt = health = None
@@ -132,7 +133,7 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
                  settings.storage.database, classifier.model_name, run_id)
         pipeline = Pipeline(
             source, build_windower(settings, classifier), classifier,
-            build_detector(settings, classifier), store, run_id, stop, listeners=listeners,
+            detector, store, run_id, stop, listeners=listeners,
             summary_seconds=settings.logging.summary_seconds, notifier=Notifier.from_environment())
         mqtt = start_mqtt(settings, topics, classifier.model_name, supervisor) if topics else None
         health = HealthMonitor(

@@ -115,10 +115,10 @@ def connect(path: Path | str) -> sqlite_utils.Database:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
+        db = sqlite_utils.Database(conn)
+        migrate(db)
     except (OSError, sqlite3.Error) as exc:
         raise StorageError(f"{path}: cannot open the database: {exc}") from None
-    db = sqlite_utils.Database(conn)
-    migrate(db)
     return db
 
 
