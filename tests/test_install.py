@@ -49,7 +49,7 @@ def make_checkout(where: Path) -> Path:
             shutil.copytree(source, where / part, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, where / part)
-    make_model_folder(where / "models" / "bird_sounds_classification", "bird_sounds_classification")
+    make_model_folder(where / "models" / "birdnet-v2.4", "birdnet-v2.4")
     make_model_folder(where / "models" / "other", "other")
     (where / "models" / "half-built").mkdir()  # no manifest: not a model folder
     for junk in (".git/HEAD", ".venv/pyvenv.cfg", "data/station.db"):
@@ -139,10 +139,10 @@ def test_config_points_at_the_state_dir_and_the_copied_model(installed):
     assert (config.stat().st_mode & 0o777, config.stat().st_uid, config.stat().st_gid) == (0o640, 0, gid)
     settings = load_settings(config)
     assert settings.storage.database == Path("/var/lib/field-station/station.db")
-    assert settings.model.path == Path("/var/lib/field-station/models/bird_sounds_classification")
-    assert load_folder(root / str(settings.model.path).lstrip("/")).manifest.name == "bird_sounds_classification"
+    assert settings.model.path == Path("/var/lib/field-station/models/birdnet-v2.4")
+    assert load_folder(root / str(settings.model.path).lstrip("/")).manifest.name == "birdnet-v2.4"
     models = root / STATE / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["bird_sounds_classification", "other"]
+    assert sorted(p.name for p in models.iterdir()) == ["birdnet-v2.4", "other"]
     copied = [p for p in models.rglob("*") if p.name != "NOTES"]  # NOTES: the fixture's stand-in for a user's file
     for path in [models, *copied]:  # root's, readable by the service's group, never writable by it
         st = path.stat()
@@ -156,7 +156,7 @@ def test_config_points_at_the_state_dir_and_the_copied_model(installed):
 def test_the_installed_config_passes_the_check_the_unit_runs_before_start(installed):
     _, _, first, second = installed
     for run in (first, second):
-        assert "model: /var/lib/field-station/models/bird_sounds_classification" in run.stdout
+        assert "model: /var/lib/field-station/models/birdnet-v2.4" in run.stdout
         assert "config: station config check passes" in run.stdout, run.stdout
 
 
