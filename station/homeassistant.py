@@ -2,7 +2,8 @@
 
 Config topics are retained; every entity shares the station's availability (status)
 topic; the detection event entity is fed by the (not retained) detections topic, whose
-payload carries `event_type`. The configs are published again whenever Home Assistant
+payload carries `event_type`. Entity ids are suggested with `default_entity_id`
+("<domain>.<id>"): Home Assistant deprecated `object_id` in 2025.10 and ignores it since 2026.4. The configs are published again whenever Home Assistant
 announces itself `online` on `<discovery_prefix>/status`.
 """
 from __future__ import annotations
@@ -45,7 +46,8 @@ def discovery_messages(topics: Topics, discovery_prefix: str, model: str) -> lis
             sensor["device_class"] = device_class
         configs.append(("sensor", key, sensor))
     return [(f"{discovery_prefix}/{component}/{node}/{object_id}/config",
-             encode({**common, **config, "unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}"}))
+             encode({**common, **config, "unique_id": f"{node}_{object_id}",
+                     "default_entity_id": f"{component}.{node}_{object_id}"}))
             for component, object_id, config in configs]
 
 

@@ -188,6 +188,9 @@ def test_home_assistant_discovery_is_retained_and_re_announced(broker, tmp_path)
     assert event["event_types"] == ["detection"] and event["state_topic"] == "station/st1/detections"
     assert all(c["availability_topic"] == "station/st1/status" and c["device"]["identifiers"] == ["field_station_st1"]
                for c in configs.values())
+    assert event["default_entity_id"] == "event.field_station_st1_detection"
+    for topic, config in configs.items():  # Home Assistant 2026.4+: default_entity_id is "<domain>.<id>"
+        assert "object_id" not in config and config["default_entity_id"].split(".")[0] == topic.split("/")[1]
     late = Subscriber(broker.port, "homeassistant/+/+/+/config", client_id="late")
     late.wait_for(lambda: len(late.messages) >= len(expected))
     assert all(retained for _, _, retained in late.messages)
