@@ -50,4 +50,4 @@ def test_the_systemd_unit_runs_commands_the_cli_accepts():
     assert len(commands) == 2
     for argv in commands:
         args = build_parser().parse_args(argv)
-        assert args.handler is not None and str(args.config) == "/opt/field-station/config.yaml"
+        assert args.handler is not None and str(args.config) == "/etc/field-station/config.yaml"
