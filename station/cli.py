@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, chatter
 from .config import Settings, load_settings
 from .errors import StationError
 
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.handler(args) or 0
+        with chatter.captured(args.handler in (cmd_run, cmd_replay, cmd_devices, cmd_xc_validate)):
+            return args.handler(args) or 0
     except StationError as exc:
         print(f"station: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -223,10 +224,10 @@ def cmd_run(args) -> int:
 
 def cmd_replay(args) -> int:
     from .app import build_replay_source, run_pipeline, stop_on_signals
+    from .sources import check_replay_path
 
     settings = settings_for(args)
-    if not args.path.exists():
-        raise StationError(f"{args.path}: no such file or folder")
+    check_replay_path(args.path)
     with stop_on_signals() as stop:
         counters = run_pipeline(settings, build_replay_source(settings, args.path), "replay", stop)
     print(f"replayed {counters['audio_seconds']:.1f} s of audio: {counters['windows']} windows, "

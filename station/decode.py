@@ -2,14 +2,25 @@
 
 libsndfile (via soundfile) reads wav/flac/ogg/mp3; anything else it refuses (m4a, aac,
 opus in some builds) goes through ffmpeg. Channels are averaged to mono here, the same
-way for both decoders. Every block is checked: NaN or infinite samples end the file with
-an error, since no model score over them would mean anything.
+way for both decoders. Every problem with a file is an AudioInputError of one line:
+
+- what is not a regular, readable file (folders, FIFOs, devices, symbolic link loops) is
+  refused before anything opens it (opening a FIFO would block);
+- headers outside plausible limits (below) are refused before decoding;
+- NaN or infinite samples end the file, since no model score over them would mean anything;
+- audio that ends before the length its header states ends the file as truncated, after
+  the audio that is there (MP3 excepted: its header length is only an estimate);
+- a decoder error mid-file ends the file as corrupt, also after the audio before it.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +29,17 @@ import numpy as np
 import soundfile as sf
 
 from .errors import AudioInputError
+
+# Below 8 kHz a recording keeps nothing above 4 kHz, where most bird song is; no recorder or
+# codec in use goes lower, and headers that claim 1 or 2 Hz are corrupt (their bytes would be
+# "replayed" as hours of audio). The top is the highest rate audio.sample_rate accepts.
+MIN_SAMPLE_RATE = 8_000
+MAX_SAMPLE_RATE = 384_000
+# Microphone arrays reach 32 or 64 channels; a header claiming more is corrupt.
+MAX_CHANNELS = 64
+# A FAT32 card's largest file (4 GiB) holds 74 h of 8 kHz 16-bit mono; longer claims are corrupt.
+MAX_HOURS = 100
+PROBE_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -31,18 +53,63 @@ class AudioInfo:
 def open_audio(path: Path, block_seconds: float) -> tuple[AudioInfo, Iterator[np.ndarray]]:
     """The file's format and an iterator of mono float32 blocks; raises AudioInputError."""
     path = Path(path)
-    if not path.is_file():
-        raise AudioInputError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise AudioInputError(f"{path}: empty file")
+    _check_regular_readable(path)
     try:
         info = sf.info(str(path))
     except (sf.LibsndfileError, RuntimeError) as exc:
-        return _open_with_ffmpeg(path, block_seconds, reason=str(exc))
-    if info.frames == 0:
-        raise AudioInputError(f"{path}: no audio in file")
+        return _open_with_ffmpeg(path, block_seconds, reason=_libsndfile_reason(exc))
+    if info.frames == 0:  # no length in the header: ffmpeg may still find audio (or say there is none)
+        return _open_with_ffmpeg(path, block_seconds, reason="no audio frames")
+    _check_format(path, info.samplerate, info.channels, info.frames / max(info.samplerate, 1))
     audio = AudioInfo(info.samplerate, info.channels, "libsndfile", info.frames / info.samplerate)
-    return audio, _checked(path, audio, _soundfile_blocks(path, info, block_seconds))
+    return audio, _checked(path, audio, _soundfile_blocks(path, info, block_seconds), _stated_frames(path, info))
+
+
+def describe_os_error(exc: OSError, path: Path) -> str:
+    """An OSError about `path` in a few words a user can act on."""
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if exc.errno == errno.ENOENT:
+        return "broken symbolic link" if path.is_symlink() else "no such file or folder"
+    if exc.errno == errno.EACCES:
+        return "permission denied"
+    return exc.strerror or str(exc)
+
+
+def _check_regular_readable(path: Path) -> None:
+    try:
+        status = path.stat()
+    except OSError as exc:
+        raise AudioInputError(f"{path}: {describe_os_error(exc, path)}") from None
+    mode = status.st_mode
+    if stat.S_ISDIR(mode):
+        raise AudioInputError(f"{path}: a folder, not an audio file")
+    if not stat.S_ISREG(mode):
+        raise AudioInputError(f"{path}: not a regular file ({_kind(mode)}); not opened")
+    if status.st_size == 0:
+        raise AudioInputError(f"{path}: empty file")
+    try:  # the decoders would report a permission problem as an unreadable format
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+    except OSError as exc:
+        raise AudioInputError(f"{path}: cannot open: {describe_os_error(exc, path)}") from None
+
+
+def _kind(mode: int) -> str:
+    kinds = [(stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device")]
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def _check_format(path: Path, rate: int, channels: int, seconds: float | None) -> None:
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise AudioInputError(f"{path}: implausible sample rate {rate} Hz in the header "
+                              f"(accepted: {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE})")
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise AudioInputError(f"{path}: implausible channel count {channels} in the header "
+                              f"(accepted: 1 to {MAX_CHANNELS})")
+    if seconds is not None and seconds > MAX_HOURS * 3600:
+        raise AudioInputError(f"{path}: header claims {seconds / 3600:.0f} h of audio "
+                              f"(more than {MAX_HOURS} h: corrupt)")
 
 
 def _soundfile_blocks(path: Path, info, block_seconds: float) -> Iterator[np.ndarray]:
@@ -55,50 +122,106 @@ def _soundfile_blocks(path: Path, info, block_seconds: float) -> Iterator[np.nda
                     return
                 yield data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioInputError(f"{path}: corrupt audio data: {exc}") from None
+        raise AudioInputError(f"{path}: corrupt audio data: {_libsndfile_reason(exc)}") from None
+
+
+def _stated_frames(path: Path, info) -> int | None:
+    """The length the header states, to tell a cut file from a short one; None where it is no promise."""
+    if info.format == "MP3":  # estimated from the bit rate
+        return None
+    if info.format in ("WAV", "WAVEX"):  # libsndfile quietly reads a cut WAV as a shorter one
+        uncompressed = info.subtype.startswith("PCM_") or info.subtype in ("FLOAT", "DOUBLE", "ULAW", "ALAW")
+        return _wav_data_frames(path) if uncompressed else None  # else the data size counts codec blocks
+    return info.frames
+
+
+def _wav_data_frames(path: Path) -> int | None:
+    """Frames the RIFF data chunk's size states; None for the placeholders streaming writers leave."""
+    block_align = 0
+    with open(path, "rb") as f:
+        if f.read(12)[8:] != b"WAVE":
+            return None
+        while len(header := f.read(8)) == 8:
+            size = int.from_bytes(header[4:], "little")
+            if header[:4] == b"data":
+                return size // block_align if block_align and size not in (0, 0xFFFFFFFF) else None
+            body = f.read(min(size, 16)) if header[:4] == b"fmt " else b""
+            block_align = int.from_bytes(body[12:14], "little") if len(body) == 16 else block_align
+            f.seek(size + size % 2 - len(body), os.SEEK_CUR)
+    return None
+
+
+def _libsndfile_reason(exc: Exception) -> str:
+    """soundfile's message without its "Error opening 'path': " prefix, which names the file again."""
+    text = _last_line(str(exc))
+    text = text.split("': ", 1)[1] if text.startswith("Error opening '") and "': " in text else text
+    if text.startswith("File does not exist or is not a regular file"):  # what its MP3 reader says of garbage
+        return "no audio found"
+    return text.rstrip(".")
 
 
 def _open_with_ffmpeg(path: Path, block_seconds: float, reason: str):
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-        raise AudioInputError(f"{path}: not readable by libsndfile ({_first_line(reason)}) "
-                              "and ffmpeg is not installed")
-    probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
-         "stream=sample_rate,channels", "-of", "json", str(path)],
-        capture_output=True, text=True)
-    streams = json.loads(probe.stdout or "{}").get("streams") if probe.returncode == 0 else None
-    if not streams:
-        raise AudioInputError(f"{path}: not a readable audio file")
-    audio = AudioInfo(int(streams[0]["sample_rate"]), int(streams[0]["channels"]), "ffmpeg", None)
-    return audio, _checked(path, audio, _ffmpeg_blocks(path, audio, block_seconds))
+        raise AudioInputError(f"{path}: not readable by libsndfile ({reason}) and ffmpeg is not installed")
+    rate, channels = _probe(path, reason)
+    _check_format(path, rate, channels, None)
+    audio = AudioInfo(rate, channels, "ffmpeg", None)
+    return audio, _checked(path, audio, _ffmpeg_blocks(path, audio, block_seconds), None)
+
+
+def _probe(path: Path, reason: str) -> tuple[int, int]:
+    """The first audio stream's sample rate and channel count, as ffprobe reads them."""
+    try:
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries",
+             "stream=sample_rate,channels", "-of", "json", str(path)],
+            capture_output=True, text=True, errors="replace", timeout=PROBE_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise AudioInputError(f"{path}: ffprobe gave no answer within {PROBE_TIMEOUT_SECONDS} s") from None
+    try:
+        stream = (json.loads(probe.stdout or "{}").get("streams") or [None])[0] if probe.returncode == 0 else None
+        if stream:
+            return int(stream["sample_rate"]), int(stream["channels"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    said = _last_line(probe.stderr).removeprefix(f"{path}: ") if probe.stderr.strip() else "no audio stream"
+    raise AudioInputError(f"{path}: not a readable audio file (libsndfile: {reason}; ffprobe: {said})")
 
 
 def _ffmpeg_blocks(path: Path, audio: AudioInfo, block_seconds: float) -> Iterator[np.ndarray]:
     frame_bytes = 4 * audio.channels
     block_bytes = max(1, int(block_seconds * audio.sample_rate)) * frame_bytes
-    proc = subprocess.Popen(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0",
-         "-f", "f32le", "-acodec", "pcm_f32le", "-"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        while True:
-            raw = proc.stdout.read(block_bytes)
-            raw = raw[: len(raw) - len(raw) % frame_bytes]
-            if not raw:
-                break
-            frames = np.frombuffer(raw, dtype="<f4").reshape(-1, audio.channels)
-            yield frames.mean(axis=1, dtype=np.float32) if audio.channels > 1 else frames[:, 0].copy()
-        if proc.wait() != 0:
-            raise AudioInputError(f"{path}: ffmpeg: {_first_line(proc.stderr.read().decode(errors='replace'))}")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        proc.stdout.close()
-        proc.stderr.close()
+    # -ac/-ar hold the output to the probed layout even if the stream changes mid-file;
+    # stderr goes to a file, since a pipe nobody reads fills up and stalls ffmpeg.
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", str(audio.channels),
+             "-ar", str(audio.sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "-"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        decoded = 0
+        try:
+            while raw := proc.stdout.read(block_bytes):
+                raw = raw[: len(raw) - len(raw) % frame_bytes]
+                if not raw:  # a partial frame at the very end
+                    continue
+                frames = np.frombuffer(raw, dtype="<f4").reshape(-1, audio.channels)
+                decoded += len(frames)
+                yield frames.mean(axis=1, dtype=np.float32) if audio.channels > 1 else frames[:, 0].copy()
+            code = proc.wait()
+            errors.seek(0)
+            said = errors.read().decode(errors="replace")
+            if code != 0 or said.strip():
+                problem = "corrupt audio data" if decoded else "not a readable audio file"
+                raise AudioInputError(f"{path}: {problem}: ffmpeg: {_last_line(said)}")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
 
 
-def _checked(path: Path, audio: AudioInfo, blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+def _checked(path: Path, audio: AudioInfo, blocks: Iterator[np.ndarray],
+             stated_frames: int | None) -> Iterator[np.ndarray]:
     position = 0
     for block in blocks:
         if not np.isfinite(block).all():
@@ -108,8 +231,12 @@ def _checked(path: Path, audio: AudioInfo, blocks: Iterator[np.ndarray]) -> Iter
         yield block
     if position == 0:
         raise AudioInputError(f"{path}: no audio in file")
+    if stated_frames is not None and position < stated_frames:
+        rate = audio.sample_rate
+        raise AudioInputError(f"{path}: truncated: the header states {stated_frames / rate:.2f} s, "
+                              f"the file holds {position / rate:.2f} s")
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "unknown error"

@@ -1,19 +1,23 @@
 """Where audio comes from: one file, a directory of files, or a live microphone.
 
 Sources yield AudioChunks at their own rate; resampling and windowing happen downstream,
-so live capture and replay share everything after this point. A bad file is reported,
-counted and skipped; the run goes on.
+so live capture and replay share everything after this point. A bad file is one log line
+and one count, whatever went wrong while decoding it; the run goes on. What native
+libraries write to stderr while a file is read goes into that file's one line.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from threading import Event
 from typing import Iterator
 
-from .decode import open_audio
+from . import chatter
+from .decode import describe_os_error, open_audio
 from .errors import AudioInputError
 from .types import AudioChunk
 
@@ -38,14 +42,34 @@ class FileSource:
         self.counters = counters or SourceCounters()
 
     def chunks(self, stop: Event) -> Iterator[AudioChunk]:
-        try:
-            yield from self._chunks(stop)
-        except AudioInputError as exc:
-            self.counters.files_failed += 1
-            log.error("skipped: %s", exc)
-        else:
-            if not stop.is_set():
-                self.counters.files_ok += 1
+        """The file's chunks; a file that cannot be read to its end costs one line and one count.
+
+        Only decoding is guarded: errors raised by whoever consumes the chunks are theirs.
+        """
+        replayed = 0.0
+        with chatter.about(self.name) as heard, closing(self._chunks(stop)) as blocks:
+            while True:
+                try:
+                    chunk = next(blocks, None)
+                except AudioInputError as exc:
+                    self._skipped(str(exc), replayed, heard)
+                    return
+                except Exception as exc:  # a decoder's bug must cost this file, not the run
+                    log.debug("decoding %s failed", self.path, exc_info=True)
+                    self._skipped(f"{self.path}: {type(exc).__name__}: {exc}", replayed, heard)
+                    return
+                if chunk is None:
+                    break
+                yield chunk
+                replayed = chunk.end_offset
+        if not stop.is_set():
+            self.counters.files_ok += 1
+
+    def _skipped(self, problem: str, replayed: float, heard: chatter.Heard) -> None:
+        self.counters.files_failed += 1
+        details = [f"the first {replayed:.1f} s were replayed"] if replayed else []
+        details += [said] if (said := heard.take()) else []
+        log.error("skipped: %s%s", problem.replace("\n", " "), f" ({'; '.join(details)})" if details else "")
 
     def _chunks(self, stop: Event) -> Iterator[AudioChunk]:
         info, blocks = open_audio(self.path, self.chunk_seconds)
@@ -54,9 +78,15 @@ class FileSource:
         offset = 0.0
         pending = next(blocks, None)
         while pending is not None and not stop.is_set():
-            block, pending = pending, next(blocks, None)
+            block, failure = pending, None
+            try:
+                pending = next(blocks, None)
+            except Exception as exc:  # the audio before a decoding error is still heard, as the stream's end
+                pending, failure = None, exc
             yield AudioChunk(block, info.sample_rate, self.name, offset,
                              start_time + timedelta(seconds=offset), final=pending is None)
+            if failure:
+                raise failure
             offset += len(block) / info.sample_rate
             if self.realtime:
                 stop.wait(max(0.0, offset - (time.monotonic() - started_wall)))
@@ -66,7 +96,12 @@ class FileSource:
 
 
 class DirectorySource:
-    """Every audio file in a folder tree, sorted by path; optionally watch for new ones."""
+    """Every audio file in a folder tree, sorted by path; optionally watch for new ones.
+
+    Anything with an audio extension is tried, so FIFOs, broken links and link loops named
+    like recordings are each one skipped file. Links to folders are followed once; a loop or
+    an unreadable folder is one line (once, however often a watched folder is walked).
+    """
 
     def __init__(self, folder: Path, extensions: list[str], chunk_seconds: float = 10.0,
                  realtime: bool = False, watch: bool = False, poll_seconds: float = 5.0):
@@ -79,6 +114,7 @@ class DirectorySource:
         self.poll_seconds = poll_seconds
         self.counters = SourceCounters()
         self._done: set[Path] = set()
+        self._reported: set[Path] = set()
 
     def chunks(self, stop: Event) -> Iterator[AudioChunk]:
         while not stop.is_set():
@@ -92,8 +128,12 @@ class DirectorySource:
             stop.wait(self.poll_seconds)
 
     def _new_files(self) -> list[Path]:
-        files = sorted(p for p in self.folder.rglob("*")
-                       if p.suffix.lower() in self.extensions and p.is_file() and p not in self._done)
+        found, problems = walk_audio_files(self.folder, self.extensions)
+        for folder, problem in problems:
+            if folder not in self._reported:
+                self._reported.add(folder)
+                log.warning("skipped folder: %s: %s", folder, problem)
+        files = [p for p in found if p not in self._done]
         if self.watch:
             files = [p for p in files if _settled(p, self.poll_seconds)]
         return files
@@ -102,9 +142,62 @@ class DirectorySource:
         pass
 
 
+def walk_audio_files(folder: Path, extensions: set[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Paths under `folder` with one of `extensions` that are not folders, sorted; and folders not walked.
+
+    Path.rglob neither follows links to folders nor reports what it cannot read. This walk
+    follows each real folder once (by device and inode), so a link loop ends at once, and
+    walks links last, so files are found under their real folder's name when it is in the tree.
+    """
+    files, problems, walked = [], [], {}
+    real, links = [(Path(folder), frozenset())], []
+    while real or links:
+        directory, ancestors = real.pop() if real else links.pop()
+        try:
+            status = directory.stat()
+            key = (status.st_dev, status.st_ino)
+            if key in walked:
+                problems.append((directory, "symbolic link loop" if key in ancestors
+                                 else f"a link to {walked[key]}, walked there"))
+                continue
+            entries = sorted(os.scandir(directory), key=lambda e: e.name, reverse=True)  # popped in order
+        except OSError as exc:
+            problems.append((directory, describe_os_error(exc, directory)))
+            continue
+        walked[key] = directory
+        for entry in entries:
+            path = Path(entry.path)
+            if _is_folder(entry):
+                (links if entry.is_symlink() else real).append((path, ancestors | {key}))
+            elif path.suffix.lower() in extensions:
+                files.append(path)
+    return sorted(files), problems
+
+
+def check_replay_path(path: Path) -> None:
+    """Refuse, with one line, a replay path that is missing, a link loop or an unreadable folder."""
+    try:
+        if Path(path).is_dir():
+            os.scandir(path).close()
+        else:
+            Path(path).stat()
+    except OSError as exc:
+        raise AudioInputError(f"{path}: {describe_os_error(exc, Path(path))}") from None
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()  # follows links; a link loop raises
+    except OSError:
+        return False
+
+
 def _settled(path: Path, quiet_seconds: float) -> bool:
     """A file still being written (modified within `quiet_seconds`) waits for the next poll."""
-    return time.time() - path.stat().st_mtime >= quiet_seconds
+    try:
+        return time.time() - path.stat().st_mtime >= quiet_seconds
+    except OSError:  # a loop or a vanished file: let the file source say so
+        return True
 
 
 def _file_start_time(path: Path, duration: float | None) -> datetime:
@@ -112,7 +205,11 @@ def _file_start_time(path: Path, duration: float | None) -> datetime:
 
     Recorders name files in many ways; without a reliable start time inside the file,
     the modification time (the end of writing) is the honest anchor. Offsets within the
-    source are stored beside the wall-clock times either way.
+    source are stored beside the wall-clock times either way. A modification time no
+    calendar can hold (a clock gone wild) gives way to the time of the replay.
     """
-    end = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
-    return end - timedelta(seconds=duration or 0.0)
+    try:
+        end = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
+        return end - timedelta(seconds=duration or 0.0)
+    except (OverflowError, ValueError, OSError):
+        return datetime.now(timezone.utc) - timedelta(seconds=duration or 0.0)

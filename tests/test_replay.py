@@ -113,7 +113,7 @@ def test_a_folder_with_bad_files_is_replayed_and_the_bad_ones_skipped(tiny_model
 def test_replay_errors_are_one_line_with_exit_codes(tiny_model, tmp_path):
     bad = write_config(tmp_path / "bad.yaml", "detection:\n  top_k: 0\n")
     cases = [
-        (["replay", "nowhere.wav", "--model", str(tiny_model)], 1, "no such file or folder"),
+        (["replay", "nowhere.wav", "--model", str(tiny_model)], 4, "no such file or folder"),
         (["replay", str(tmp_path), "--model", str(tmp_path / "none")], 3, "no model folder here"),
         (["replay", str(tmp_path), "--config", str(bad), "--model", str(tiny_model)], 2, "detection.top_k"),
     ]

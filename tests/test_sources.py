@@ -1,16 +1,21 @@
+import ctypes
 import logging
+import os
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import tone
+from conftest import REPO, tone
+from malformed_corpus import flac_bytes, wav_bytes, with_streaminfo
 from station.decode import open_audio
 from station.errors import AudioInputError
-from station.sources import DirectorySource, FileSource
+from station.sources import DirectorySource, FileSource, walk_audio_files
 
 
 def all_audio(source) -> np.ndarray:
@@ -142,3 +147,213 @@ def test_watch_mode_picks_up_new_files(tmp_path):
     worker.join(5)
     assert seen and seen[0].endswith("late.wav")
     assert not worker.is_alive()
+
+
+# --- malformed inputs: each is one AudioInputError of one line, never anything else ------------
+
+def decode_all(path, block_seconds=1.0) -> tuple:
+    info, blocks = open_audio(path, block_seconds)
+    return info, sum(len(b) for b in blocks)
+
+
+def refusal(path, block_seconds=1.0) -> str:
+    with pytest.raises(AudioInputError) as error:
+        decode_all(path, block_seconds)
+    text = str(error.value)
+    assert str(path) in text and "\n" not in text
+    return text
+
+
+@pytest.mark.parametrize("rate, channels, message", [
+    (1, 1, "implausible sample rate 1 Hz"),
+    (2, 2, "implausible sample rate 2 Hz"),
+    (7999, 1, "implausible sample rate 7999 Hz"),
+    (384001, 1, "implausible sample rate 384001 Hz"),
+    (0, 1, "not a readable audio file"),  # libsndfile refuses it; ffprobe too
+    (4_000_000_000, 1, "not a readable audio file"),
+    (16000, 65, "implausible channel count 65"),
+    (16000, 1000, "implausible channel count 1000"),
+    (16000, 0, "not a readable audio file"),
+])
+def test_implausible_wav_headers_are_refused(tmp_path, rate, channels, message):
+    path = tmp_path / "h.wav"
+    path.write_bytes(wav_bytes(rate, channels, 16, 800))
+    assert message in refusal(path)
+
+
+@pytest.mark.parametrize("rate, channels", [(8000, 1), (384000, 1), (16000, 64)])
+def test_the_limits_themselves_are_accepted(tmp_path, rate, channels):
+    sf.write(tmp_path / "edge.wav", tone(rate, 0.5, channels=channels), rate)
+    info, frames = decode_all(tmp_path / "edge.wav")
+    assert (info.sample_rate, info.channels, frames) == (rate, channels, rate // 2)
+
+
+def test_random_flac_bytes_never_divide_by_zero(tmp_path):
+    """The attacker's case: ffprobe reads most random .flac files as 0 Hz and 0 channels."""
+    rng = np.random.default_rng(7)
+    for i in range(8):
+        path = tmp_path / f"r{i}.flac"
+        path.write_bytes(rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
+        assert "sample rate 0 Hz" in refusal(path) or "not a readable audio file" in refusal(path)
+
+
+def test_a_flac_header_claiming_days_is_refused(tmp_path):
+    path = tmp_path / "long.flac"
+    path.write_bytes(with_streaminfo(flac_bytes(), total=16000 * 3600 * 200))
+    assert "header claims 200 h of audio" in refusal(path)
+
+
+def test_a_cut_wav_replays_what_is_there_then_fails_as_truncated(tmp_path, caplog):
+    sf.write(tmp_path / "whole.wav", tone(16000, 3.0), 16000, subtype="PCM_16")
+    (tmp_path / "cut.wav").write_bytes((tmp_path / "whole.wav").read_bytes()[:44 + 2 * 20000])
+    source = FileSource(tmp_path / "cut.wav", chunk_seconds=0.5)
+    with caplog.at_level(logging.ERROR):
+        chunks = list(source.chunks(threading.Event()))
+    assert sum(len(c.samples) for c in chunks) == 20000 and chunks[-1].final
+    assert (source.counters.files_ok, source.counters.files_failed) == (0, 1)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "truncated: the header states 3.00 s, the file holds 1.25 s" in line and "1.2 s were replayed" in line
+
+
+def test_a_streaming_writers_placeholder_size_is_no_truncation(tmp_path):
+    data = (tone(16000, 1.0) * 32767).astype("<i2").tobytes()
+    (tmp_path / "stream.wav").write_bytes(wav_bytes(16000, 1, 16, 0, data=data, data_size=0xFFFFFFFF))
+    source = FileSource(tmp_path / "stream.wav")
+    assert len(all_audio(source)) == 16000 and source.counters.files_ok == 1
+
+
+def test_nan_mid_file_ends_the_stream_after_the_audio_before_it(tmp_path):
+    audio = tone(16000, 2.0)
+    audio[20000] = np.inf
+    sf.write(tmp_path / "inf.wav", audio, 16000, subtype="FLOAT")
+    source = FileSource(tmp_path / "inf.wav", chunk_seconds=0.5)
+    chunks = list(source.chunks(threading.Event()))
+    assert [c.start_offset for c in chunks] == [0.0, 0.5] and chunks[-1].final
+    assert source.counters.files_failed == 1
+
+
+def test_what_is_not_a_regular_file_is_refused_without_opening_it(tmp_path):
+    os.mkfifo(tmp_path / "fifo.wav")
+    os.symlink("loop.wav", tmp_path / "loop.wav")
+    os.symlink("nowhere.wav", tmp_path / "dangling.wav")
+    os.symlink("/dev/zero", tmp_path / "zero.wav")
+    (tmp_path / "folder.wav").mkdir()
+    expected = {"fifo.wav": "not a regular file (a FIFO)", "loop.wav": "symbolic link loop",
+                "dangling.wav": "broken symbolic link", "zero.wav": "not a regular file (a character device)",
+                "folder.wav": "a folder, not an audio file"}
+    found = {}
+    worker = threading.Thread(target=lambda: found.update({n: refusal(tmp_path / n) for n in expected}), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "a FIFO was opened: opening blocks until a writer comes"
+    for name, message in expected.items():
+        assert message in found[name], (name, found[name])
+
+
+def without_permission_override() -> None:
+    """In the child: drop root's power to read anything (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH)."""
+    if os.geteuid() == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):
+            if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP: gone at the next exec
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_unreadable_files_and_folders_are_one_line_each(tmp_path):
+    sf.write(tmp_path / "good.wav", tone(16000, 0.5), 16000)
+    sf.write(tmp_path / "locked.wav", tone(16000, 0.5), 16000)
+    (tmp_path / "locked.wav").chmod(0o000)
+    (tmp_path / "closed").mkdir()
+    sf.write(tmp_path / "closed" / "inside.wav", tone(16000, 0.5), 16000)
+    (tmp_path / "closed").chmod(0o000)
+    code = ("import logging, sys, threading\n"
+            "from station.sources import DirectorySource\n"
+            "logging.basicConfig(level='INFO', format='%(levelname)s %(message)s')\n"
+            "s = DirectorySource(sys.argv[1], ['.wav'])\n"
+            "list(s.chunks(threading.Event()))\n"
+            "print('counts', s.counters.files_ok, s.counters.files_failed)\n")
+    try:
+        result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True,
+                                text=True, timeout=60, preexec_fn=without_permission_override)
+    finally:
+        (tmp_path / "closed").chmod(0o755)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "counts 1 1" in out, out
+    assert out.count("locked.wav") == 1 and f"skipped: {tmp_path}/locked.wav: cannot open: permission denied" in out
+    assert out.count("closed") == 1 and f"skipped folder: {tmp_path}/closed: permission denied" in out
+
+
+def test_link_loops_in_a_folder_end_the_walk_with_one_line(tmp_path, caplog):
+    sf.write(tmp_path / "good.wav", tone(16000, 0.5), 16000)
+    (tmp_path / "sub").mkdir()
+    os.symlink("..", tmp_path / "sub" / "up")
+    os.symlink(str(tmp_path / "sub"), tmp_path / "a_link")  # a second way into the same folder
+    sf.write(tmp_path / "sub" / "inner.wav", tone(16000, 0.5), 16000)
+    source = DirectorySource(tmp_path, [".wav"])
+    with caplog.at_level(logging.WARNING):
+        first = source._new_files()
+        second = source._new_files()  # a watched folder is walked again and again: nothing said twice
+    assert first == second == [tmp_path / "good.wav", tmp_path / "sub" / "inner.wav"]
+    lines = sorted(r.getMessage() for r in caplog.records)
+    assert lines == [f"skipped folder: {tmp_path / 'a_link'}: a link to {tmp_path / 'sub'}, walked there",
+                     f"skipped folder: {tmp_path / 'sub' / 'up'}: symbolic link loop"]
+
+
+def test_links_to_folders_outside_are_followed(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    sf.write(tmp_path / "elsewhere" / "far.wav", tone(16000, 0.5), 16000)
+    (tmp_path / "replayed").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "replayed" / "link")
+    files, problems = walk_audio_files(tmp_path / "replayed", {".wav"})
+    assert files == [tmp_path / "replayed" / "link" / "far.wav"] and problems == []
+
+
+def test_a_decoder_bug_costs_one_file_not_the_run(tmp_path, monkeypatch, caplog):
+    sf.write(tmp_path / "a.wav", tone(16000, 0.5), 16000)
+    sf.write(tmp_path / "b.wav", tone(16000, 0.5), 16000)
+    real_open = open_audio
+
+    def buggy(path, block_seconds):
+        if Path(path).name == "a.wav":
+            return 1 % 0
+        return real_open(path, block_seconds)
+
+    monkeypatch.setattr("station.sources.open_audio", buggy)
+    source = DirectorySource(tmp_path, [".wav"])
+    with caplog.at_level(logging.ERROR):
+        seen = {c.source for c in source.chunks(threading.Event())}
+    assert seen == {str(tmp_path / "b.wav")}
+    assert (source.counters.files_ok, source.counters.files_failed) == (1, 1)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert line == f"skipped: {tmp_path / 'a.wav'}: ZeroDivisionError: integer modulo by zero"
+
+
+@pytest.mark.parametrize("signal_like", [KeyboardInterrupt, SystemExit])
+def test_an_interrupt_while_decoding_is_not_taken_for_a_bad_file(tmp_path, monkeypatch, signal_like):
+    sf.write(tmp_path / "a.wav", tone(16000, 0.5), 16000)
+
+    def interrupted(path, block_seconds):
+        raise signal_like()
+
+    monkeypatch.setattr("station.sources.open_audio", interrupted)
+    source = FileSource(tmp_path / "a.wav")
+    with pytest.raises(signal_like):
+        list(source.chunks(threading.Event()))
+    assert source.counters.files_failed == 0
+
+
+def test_errors_of_whoever_consumes_the_chunks_are_theirs(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(16000, 2.0), 16000)
+    source = FileSource(tmp_path / "a.wav", chunk_seconds=0.5)
+    chunks = source.chunks(threading.Event())
+    next(chunks)
+    with pytest.raises(ValueError, match="a downstream stage failed"):
+        chunks.throw(ValueError("a downstream stage failed"))
+    assert (source.counters.files_ok, source.counters.files_failed) == (0, 0)
+
+
+def test_a_modification_time_no_calendar_holds_does_not_cost_the_file(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(16000, 0.5), 16000)
+    os.utime(tmp_path / "a.wav", (1e12, 1e12))
+    source = FileSource(tmp_path / "a.wav")
+    assert len(all_audio(source)) == 8000 and source.counters.files_ok == 1
