@@ -95,8 +95,14 @@ def _v2_alerts_and_outbox(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX outbox_sent_at ON outbox (sent_at)")
 
 
+def _v3_run_device_recoveries_and_dropped_tail(db: sqlite_utils.Database) -> None:
+    db["runs"].add_column("device_recoveries", int, not_null_default=0)
+    db["runs"].add_column("dropped_tail_seconds", float, not_null_default=0.0)
+
+
 # Append only: a migration, once released, never changes. user_version = len(applied).
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1_detections_and_runs, _v2_alerts_and_outbox]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _v1_detections_and_runs, _v2_alerts_and_outbox, _v3_run_device_recoveries_and_dropped_tail]
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
