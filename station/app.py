@@ -9,61 +9,21 @@ from threading import Event
 from typing import Iterator
 
 from .alerts import AlertEngine
-from .capture import MicSource
+from .builders import (build_classifier, build_detector, build_mic_source,  # noqa: F401 (the CLI imports them here)
+                       build_replay_source, build_windower)
 from .config import Settings, read_secret
-from .detection import Detector, SpeciesFilter
 from .errors import StationError
 from .health import HealthMonitor
 from .homeassistant import Discovery
-from .inference import OnnxClassifier
 from .messages import Topics
 from .mqtt import MqttService
 from .notify import Notifier
 from .pipeline import BatchListener, Pipeline
 from .publish import DetectionPublisher
-from .range_filter import RangeFilter
-from .sources import DirectorySource, FileSource
 from .store import Store
 from .supervise import Supervisor
-from .windowing import Windower
 
 log = logging.getLogger(__name__)
-
-
-def build_classifier(settings: Settings) -> OnnxClassifier:
-    m = settings.model
-    return OnnxClassifier.from_path(m.path, variant=m.variant, threads=m.threads,
-                                    batch_size=m.batch_size, sensitivity=m.sensitivity)
-
-
-def build_windower(settings: Settings, classifier: OnnxClassifier) -> Windower:
-    w = settings.windowing
-    window_seconds = w.window_seconds or classifier.manifest.window_seconds
-    return Windower(classifier.sample_rate, window_seconds, w.hop_seconds, w.tail_min_seconds,
-                    classifier.manifest.resampler)
-
-
-def build_detector(settings: Settings, classifier: OnnxClassifier) -> Detector:
-    d, where = settings.detection, settings.location
-    species_filter = SpeciesFilter(d.threshold, d.species_thresholds, d.include, d.exclude)
-    range_filter = None
-    if where.enabled:
-        range_filter = RangeFilter(classifier.folder, where.lat, where.lon, where.threshold, where.keep, where.week)
-    return Detector(settings.station.id, classifier.model_name, species_filter, d.top_k,
-                    d.merge_gap_seconds, range_filter)
-
-
-def build_replay_source(settings: Settings, path: Path):
-    r = settings.replay
-    if Path(path).is_dir():
-        return DirectorySource(path, r.extensions, r.chunk_seconds, r.realtime, r.watch, r.poll_seconds)
-    return FileSource(path, r.chunk_seconds, r.realtime)
-
-
-def build_mic_source(settings: Settings) -> MicSource:
-    a = settings.audio
-    return MicSource(a.device, a.sample_rate, a.channels, a.block_seconds, a.queue_seconds,
-                     a.reconnect_max_seconds, a.stall_seconds)
 
 
 @contextmanager
@@ -138,9 +98,10 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
         mqtt = start_mqtt(settings, topics, classifier.model_name, supervisor) if topics else None
         health = HealthMonitor(
             pipeline.health, settings.alerts, settings.station.id, settings.storage.database, topics,
-            live=command == "run", publish=(lambda t, p: mqtt.publish_now(t, p, retain=True)) if mqtt else None,
+            live=source.live, publish=(lambda t, p: mqtt.publish_now(t, p, retain=True)) if mqtt else None,
             publish_seconds=settings.mqtt.health_seconds)
         health.start(supervisor)
+        supervisor.start("summary", lambda stop: pipeline.summary_loop(settings.storage.database, stop))
         counters = pipeline.run()
         if supervisor.gave_up:
             store.update_run(run_id, {}, status="failed")

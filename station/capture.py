@@ -59,13 +59,22 @@ class CaptureCounters:
     overflows: int = 0
     dropped_seconds: float = 0.0
     device_losses: int = 0
+    device_recoveries: int = 0  # reopened after a loss
+
+
+class NoSuchDevice(DeviceError):
+    """The configured device matches none that PortAudio sees."""
 
 
 class MicSource:
+    live = True
+
     def __init__(self, device: str | int | None, sample_rate: int, channels: int,
                  block_seconds: float = 0.5, queue_seconds: float = 60.0,
-                 reconnect_max_seconds: float = 30.0, stall_seconds: float = 5.0):
+                 reconnect_max_seconds: float = 30.0, stall_seconds: float = 5.0,
+                 wait_for_device: bool = False):
         self.device = device
+        self.wait_for_device = wait_for_device
         self.sample_rate = sample_rate
         self.channels = channels
         self.block_frames = max(1, int(block_seconds * sample_rate))
@@ -80,11 +89,14 @@ class MicSource:
         self._status_overflows = 0
 
     def chunks(self, stop: Event) -> Iterator[AudioChunk]:
-        delay, attempts = 1.0, 0
+        delay, attempts, lost = 1.0, 0, False
         while not stop.is_set():
             try:
                 self._open()
             except DeviceError as exc:
+                if isinstance(exc, NoSuchDevice) and not (self.wait_for_device or lost):
+                    raise DeviceError(f"{exc}; input devices seen: {input_devices()} "
+                                      "(audio.wait_for_device: true waits for it)") from None
                 attempts += 1
                 if attempts == 1:  # once per outage, not once per attempt
                     log.warning("%s; input devices seen: %s; retrying with backoff (up to every %.0f s)",
@@ -94,11 +106,14 @@ class MicSource:
                 stop.wait(delay)
                 delay = min(delay * 2, self.reconnect_max_seconds)
                 continue
-            attempts = 0
-            delay = 1.0
+            if lost:
+                self.counters.device_recoveries += 1
+                log.info("%s: audio device back after %d attempt(s)", self.name, attempts + 1)
+            attempts, delay, lost = 0, 1.0, False
             yield from self._read(stop)
             self._close_stream()
             if not stop.is_set():
+                lost = True
                 self.counters.device_losses += 1
                 log.error("%s: audio device lost; reopening", self.name)
 
@@ -110,8 +125,13 @@ class MicSource:
                 dtype="float32", blocksize=self.block_frames, callback=self._callback)
             self._last_callback = time.monotonic()
             self._stream.start()
-        except (sd.PortAudioError, ValueError) as exc:
+        except ValueError as exc:  # sounddevice: no device, or several, match the name
             self._close_stream()
+            raise NoSuchDevice(f"{self.name}: {exc}") from None
+        except sd.PortAudioError as exc:
+            self._close_stream()
+            if isinstance(self.device, int) and self.device >= len(sd.query_devices()):
+                raise NoSuchDevice(f"{self.name}: no input device number {self.device}") from None
             raise DeviceError(f"{self.name}: cannot open input device: {exc}") from None
         self.connected = True
         log.info("%s: capturing %d Hz, %d channel(s)", self.name, self.sample_rate, self.channels)

@@ -63,6 +63,7 @@ class AudioSettings(Section):
     queue_seconds: float = Field(60.0, gt=0.0, le=3600.0)
     reconnect_max_seconds: float = Field(30.0, gt=0.0, le=3600.0)  # a wait: threading refuses huge timeouts
     stall_seconds: float = Field(5.0, gt=0.0, le=3600.0)  # no callback for this long = device lost
+    wait_for_device: bool = False  # a `device` that matches nothing at start: wait for it instead of exit 4
 
 
 class WindowSettings(Section):

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 class HealthMonitor:
     def __init__(self, figures: Callable[[], dict], settings: AlertSettings, station: str, database: Path,
                  topics: Topics | None, live: bool, publish: Callable[[str, str], bool] | None = None,
-                 publish_seconds: float = 60.0):
+                 publish_seconds: float = 60.0, monotonic: Callable[[], float] = time.monotonic):
         self.figures = figures
         self.settings = settings
         self.station = station
@@ -37,9 +37,10 @@ class HealthMonitor:
         self.publish = publish
         self.publish_seconds = publish_seconds
         self.writer = AlertWriter(station, settings, topics)
+        self.monotonic = monotonic
         self._loop_handle: Supervised | None = None
-        self._was_connected: bool | None = None
-        self._audio_seen = (None, time.monotonic())
+        self._device_events_seen = {"device_losses": 0, "device_recoveries": 0}
+        self._audio_seen: tuple[float | None, float] = (None, monotonic())
 
     def start(self, supervisor: Supervisor) -> None:
         self._loop_handle = supervisor.start("health", self._loop)
@@ -51,7 +52,7 @@ class HealthMonitor:
     def _loop(self, stop: threading.Event) -> None:
         """Check at once (a disk already low is said before anything is written), then every period."""
         db = connect(self.database)
-        next_publish = time.monotonic()
+        next_publish = self.monotonic()
         period = self.settings.check_seconds if self.live else min(self.settings.check_seconds, 1)
         try:
             while True:
@@ -59,8 +60,8 @@ class HealthMonitor:
                 if self.settings.enabled:
                     with write_transaction(db):
                         self.check(db, figures, datetime.now(timezone.utc))
-                if self.publish and self.topics and time.monotonic() >= next_publish:
-                    next_publish = time.monotonic() + self.publish_seconds
+                if self.publish and self.topics and self.monotonic() >= next_publish:
+                    next_publish = self.monotonic() + self.publish_seconds
                     self.publish(self.topics.health, encode(self.message(db, figures)))
                 if stop.wait(period):
                     return
@@ -73,17 +74,19 @@ class HealthMonitor:
             raise_alert("DISK_LOW", {"free_mb": round(figures["disk_free_mb"]), "path": str(self.database.parent)})
         if not self.live:
             return
-        connected = figures.get("connected", True)
-        if self._was_connected and not connected:
-            raise_alert("DEVICE_LOST", {"device_losses": figures.get("device_losses", 0)})
-        elif self._was_connected is False and connected:
-            raise_alert("DEVICE_RECOVERED", {"device_losses": figures.get("device_losses", 0)})
-        self._was_connected = connected
+        # From the capture's own loss and recovery counts, not from sampling its state: an outage
+        # shorter than check_seconds is still a loss and a recovery.
+        for counter, alert in (("device_losses", "DEVICE_LOST"), ("device_recoveries", "DEVICE_RECOVERED")):
+            count = figures.get(counter, 0)
+            if count > self._device_events_seen[counter]:
+                raise_alert(alert, {"device_losses": figures.get("device_losses", 0),
+                                    "device_recoveries": figures.get("device_recoveries", 0)})
+            self._device_events_seen[counter] = count
         audio, since = self._audio_seen
         if figures["audio_seconds"] != audio:
-            self._audio_seen = (figures["audio_seconds"], time.monotonic())
-        elif time.monotonic() - since >= self.settings.no_audio_seconds:
-            raise_alert("NO_AUDIO", {"silent_seconds": round(time.monotonic() - since)})
+            self._audio_seen = (figures["audio_seconds"], self.monotonic())
+        elif self.monotonic() - since >= self.settings.no_audio_seconds:
+            raise_alert("NO_AUDIO", {"silent_seconds": round(self.monotonic() - since)})
         if figures.get("lag_seconds", 0) > self.settings.lag_seconds:
             raise_alert("INFERENCE_BEHIND", {"lag_seconds": figures["lag_seconds"],
                                              "dropped_seconds": figures.get("dropped_seconds", 0)})

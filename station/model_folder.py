@@ -53,7 +53,7 @@ def load_folder(path: Path) -> ModelFolder:
     """
     path = Path(path)
     if not path.is_dir():
-        raise ModelError(f"{path}: no model folder here (export one with `station model export`)")
+        raise ModelError(f"{path}: no model folder here (build BirdNET with `station model ensure`, or export one with `station model export`)")
     manifest = parse_manifest(_read_small(path / MANIFEST, f"missing (not a model folder? {REDO})"),
                               str(path / MANIFEST))
     _check_listed(manifest, path / MANIFEST)

@@ -7,29 +7,20 @@ source, classify what the windower still holds, close open events, record the ru
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timezone
 from dataclasses import asdict, dataclass
 from threading import Event
-from typing import Protocol, Sequence
-
-import sqlite_utils
+from pathlib import Path
+from typing import Sequence
 
 from .detection import Detector
 from .errors import StorageError
 from .notify import Notifier
-from .store import Store, busy
-from .types import Classifier, Detection, Scores, Source, Window
+from .store import Store, busy, connect
+from .types import BatchListener, Classifier, Detection, Scores, Source, Window
 from .windowing import Windower
 
 log = logging.getLogger(__name__)
-
-
-class BatchListener(Protocol):
-    """Sees each batch inside the store's transaction for it (alerts, outbox)."""
-
-    def on_batch(self, db: sqlite_utils.Database, scores: Sequence[Scores],
-                 detections: Sequence[Detection]) -> None: ...
 
 
 @dataclass
@@ -58,7 +49,6 @@ class Pipeline:
         self.counters = PipelineCounters()
 
     def run(self) -> dict:
-        next_summary = time.monotonic() + self.summary_seconds
         try:
             for chunk in self.source.chunks(self.stop):
                 self.counters.audio_seconds += chunk.duration
@@ -66,9 +56,6 @@ class Pipeline:
                 if chunk.final:
                     self._save([], self.detector.flush(chunk.source))
                 self.notifier.progress(self.summary_line())
-                if time.monotonic() >= next_summary:
-                    next_summary += self.summary_seconds
-                    self._summarise()
         except StorageError:
             self._close_after_storage_failure()
             raise
@@ -122,25 +109,40 @@ class Pipeline:
 
     def snapshot(self) -> dict:
         values = asdict(self.counters)
-        source_counters = getattr(self.source, "counters", None)
-        if source_counters is not None:
-            values.update(vars(source_counters))
+        values.update(vars(self.source.counters))
         values["audio_seconds"] = round(self.counters.audio_seconds, 3)
+        values["dropped_tail_seconds"] = round(self.windower.dropped_tail_seconds, 3)
         values.pop("lag_seconds")  # a live figure for health checks, not a run total
         return values
 
     def health(self) -> dict:
         """Live figures for a health monitor on another thread (reads only)."""
-        return {**self.snapshot(), "lag_seconds": round(self.counters.lag_seconds, 3),
-                "connected": getattr(self.source, "connected", True), "db_busy_retries": busy.retries}
+        figures = {**self.snapshot(), "db_busy_retries": busy.retries}
+        if self.source.live:
+            figures.update(lag_seconds=round(self.counters.lag_seconds, 3), connected=self.source.connected)
+        return figures
 
     def summary_line(self) -> str:
         s = self.snapshot()
-        return (f"{s['audio_seconds']:.0f} s audio, {s['windows']} windows, {s['detections']} detections, "
-                f"{s.get('dropped_seconds', 0.0):.1f} s audio dropped, {s.get('files_failed', 0)} file(s) failed")
+        line = f"{s['audio_seconds']:.0f} s audio, {s['windows']} windows, {s['detections']} detections"
+        if self.source.live:
+            return line + (f", {s.get('dropped_seconds', 0.0):.1f} s audio dropped, "
+                           f"{s.get('device_losses', 0)} device loss(es), lag {self.counters.lag_seconds:.1f} s")
+        return line + f", {s.get('files_ok', 0)} file(s) read, {s.get('files_failed', 0)} skipped"
 
-    def _summarise(self) -> None:
+    def summary_loop(self, database: Path, stop: Event) -> None:
+        """A summary every summary_seconds by the clock: a quiet microphone or an idle folder still reports.
+
+        Runs on its own thread (under the supervisor) with its own connection."""
+        store = Store(connect(database))
+        try:
+            while not stop.wait(self.summary_seconds):
+                self._summarise(store)
+        finally:
+            store.close()
+
+    def _summarise(self, store: Store | None = None) -> None:
         line = self.summary_line()
         log.info("summary: %s", line)
         self.notifier.status(line)
-        self.store.update_run(self.run_id, self.snapshot())
+        (store or self.store).update_run(self.run_id, self.snapshot())

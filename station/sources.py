@@ -33,6 +33,8 @@ class SourceCounters:
 class FileSource:
     """One recording, as fast as possible or paced like a live microphone (`realtime`)."""
 
+    live, connected = False, True
+
     def __init__(self, path: Path, chunk_seconds: float = 10.0, realtime: bool = False,
                  counters: SourceCounters | None = None):
         self.path = Path(path)
@@ -102,6 +104,8 @@ class DirectorySource:
     like recordings are each one skipped file. Links to folders are followed once; a loop or
     an unreadable folder is one line (once, however often a watched folder is walked).
     """
+
+    live, connected = False, True
 
     def __init__(self, folder: Path, extensions: list[str], chunk_seconds: float = 10.0,
                  realtime: bool = False, watch: bool = False, poll_seconds: float = 5.0):

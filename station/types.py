@@ -10,9 +10,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from threading import Event
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Literal, Protocol, Sequence
 
 import numpy as np
+import sqlite_utils
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,9 @@ class Scores:
         return [(self.labels[i], float(self.values[i])) for i in best]
 
 
+DetectionStatus = Literal["open", "closed", "recovered"]
+
+
 @dataclass(frozen=True)
 class Detection:
     """One event: a species heard over one or more consecutive windows of one source.
@@ -107,7 +111,7 @@ class Detection:
     start_offset: float
     end_offset: float
     alternatives: tuple[tuple[str, float], ...] = field(default=())  # best window's top-k
-    status: str = "open"
+    status: DetectionStatus = "open"
     clip_path: str | None = None
 
     def closed(self) -> "Detection":
@@ -115,13 +119,29 @@ class Detection:
 
 
 class Source(Protocol):
-    """Delivers audio until exhausted or until `stop` is set."""
+    """Delivers audio until exhausted or until `stop` is set.
+
+    `counters` holds the source's own run totals as numeric attributes (files read and
+    skipped, audio dropped, device losses ...), read with vars() for the run row and the
+    health message. `live` sources are microphones: their health is a device and a lag;
+    `connected` is False while a live device is lost (files are always connected).
+    """
 
     name: str
+    live: bool
+    connected: bool
+    counters: object
 
     def chunks(self, stop: Event) -> Iterator[AudioChunk]: ...
 
     def close(self) -> None: ...
+
+
+class BatchListener(Protocol):
+    """Sees each batch of window scores and stored events inside the store's transaction for it."""
+
+    def on_batch(self, db: sqlite_utils.Database, scores: Sequence[Scores],
+                 detections: Sequence[Detection]) -> None: ...
 
 
 class Classifier(Protocol):

@@ -152,32 +152,49 @@ def test_open_events_raise_nothing_and_are_not_published(station):
     assert station.alerts() == [] and station.outbox_topics() == []
 
 
-def test_health_rules_device_lost_and_recovered_no_audio_lag_and_disk(tmp_path, monkeypatch):
-    import station.health as health_module
+def test_health_rules_device_lost_and_recovered_no_audio_lag_and_disk(tmp_path):
     from station.health import HealthMonitor
 
     clock = [1000.0]
-    monkeypatch.setattr(health_module.time, "monotonic", lambda: clock[0])
     store = Store.open(tmp_path / "st.db")
     monitor = HealthMonitor(lambda: {}, AlertSettings(no_audio_seconds=60, lag_seconds=30, disk_free_mb=100,
                                                       cooldown_minutes=0), "st", tmp_path / "st.db",
-                            Topics("station", "st"), live=True)
-    figures = {"audio_seconds": 10.0, "connected": True, "lag_seconds": 1.0, "disk_free_mb": 5000.0}
+                            Topics("station", "st"), live=True, monotonic=lambda: clock[0])
+    figures = {"audio_seconds": 10.0, "connected": True, "lag_seconds": 1.0, "disk_free_mb": 5000.0,
+               "device_losses": 0, "device_recoveries": 0}
     steps = [
-        ({}, 0), ({"connected": False}, 10), ({"connected": False}, 10), ({"connected": True, "audio_seconds": 20.0}, 10),
-        ({"audio_seconds": 20.0}, 70), ({"audio_seconds": 30.0, "lag_seconds": 45.0}, 10), ({"disk_free_mb": 50.0}, 10),
+        # A 7 s outage between two checks: both its loss and its recovery are alerts.
+        ({}, 0), ({"device_losses": 1, "device_recoveries": 1}, 10), ({"device_losses": 1, "device_recoveries": 1}, 10),
+        ({"device_losses": 1, "device_recoveries": 1, "audio_seconds": 20.0}, 10),
+        ({"device_losses": 1, "device_recoveries": 1, "audio_seconds": 20.0}, 70),
+        ({"device_losses": 1, "device_recoveries": 1, "audio_seconds": 30.0, "lag_seconds": 45.0}, 10),
+        ({"device_losses": 1, "device_recoveries": 1, "audio_seconds": 40.0, "disk_free_mb": 50.0}, 10),
     ]
     for change, advance in steps:
         clock[0] += advance
         with store.transaction():
             monitor.check(store.db, {**figures, **change}, T0 + timedelta(seconds=clock[0]))
-    types = [r["type"] for r in store.db.query("SELECT type FROM alerts ORDER BY event_time")]
+    types = [r["type"] for r in store.db.query("SELECT type FROM alerts ORDER BY event_time, rowid")]
     assert types == ["DEVICE_LOST", "DEVICE_RECOVERED", "NO_AUDIO", "INFERENCE_BEHIND", "DISK_LOW"]
     message = monitor.message(store.db, {**figures, "windows": 3, "detections": 1})
     import jsonschema
     from conftest import REPO
     jsonschema.validate(message, json.loads((REPO / "station/schemas/health.schema.json").read_text()))
     assert message["outbox_backlog"] == 5  # each health alert was queued for MQTT
+
+
+def test_a_device_lost_before_the_first_check_gives_both_alerts(tmp_path):
+    from station.health import HealthMonitor
+
+    store = Store.open(tmp_path / "st.db")
+    monitor = HealthMonitor(lambda: {}, AlertSettings(), "st", tmp_path / "st.db", None, live=True)
+    with store.transaction():
+        monitor.check(store.db, {"audio_seconds": 5.0, "disk_free_mb": 5000.0, "device_losses": 1,
+                                 "device_recoveries": 0}, T0)
+        monitor.check(store.db, {"audio_seconds": 9.0, "disk_free_mb": 5000.0, "device_losses": 1,
+                                 "device_recoveries": 1}, T0 + timedelta(seconds=10))
+    assert [r["type"] for r in store.db.query("SELECT type FROM alerts ORDER BY event_time")] == [
+        "DEVICE_LOST", "DEVICE_RECOVERED"]
 
 
 def test_a_replay_raises_no_live_health_alerts(tmp_path):

@@ -13,6 +13,7 @@ import soundfile as sf
 import soxr
 
 from conftest import write_config
+from station.errors import DeviceError
 from station.capture import DropOldestQueue, MicSource
 from station.detection import Detector, SpeciesFilter
 from station.inference import OnnxClassifier
@@ -130,13 +131,20 @@ def test_a_lost_device_is_reopened_and_capture_goes_on(virtual_mic, caplog):
     assert sum("capturing 16000 Hz" in m for m in messages) >= 2
 
 
-def test_a_missing_device_is_retried_with_backoff_not_a_crash(caplog):
-    mic = MicSource("no-such-device-anywhere", RATE, 1, reconnect_max_seconds=0.4)
+def test_a_device_that_matches_nothing_at_start_is_an_error_with_the_device_list():
+    mic = MicSource("no-such-device-anywhere", RATE, 1)
+    with pytest.raises(DeviceError, match="no-such-device-anywhere.*input devices seen: .*wait_for_device") as error:
+        next(mic.chunks(threading.Event()))
+    assert error.value.exit_code == 4 and "\n" not in str(error.value)
+
+
+def test_a_missing_device_is_waited_for_with_backoff_when_the_config_says_so(caplog):
+    mic = MicSource("no-such-device-anywhere", RATE, 1, reconnect_max_seconds=0.4, wait_for_device=True)
     stop = threading.Event()
     threading.Timer(1.5, stop.set).start()
     with caplog.at_level(logging.DEBUG, logger="station.capture"):
         assert list(mic.chunks(stop)) == []
-    attempts = [r for r in caplog.records if "cannot open input device" in r.getMessage()]
+    attempts = [r for r in caplog.records if r.getMessage().startswith("mic:no-such-device-anywhere: ")]
     warnings = [r.getMessage() for r in attempts if r.levelno >= logging.WARNING]
     assert len(attempts) >= 3, "it kept trying"
     assert len(warnings) == 1, "one line per outage, not one per attempt"

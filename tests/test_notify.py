@@ -6,6 +6,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -100,7 +101,7 @@ def test_a_hung_inference_stops_the_watchdog_pings(notify_socket, tmp_path):
     release = threading.Event()
 
     class Source:
-        name = "fake"
+        name, live, connected, counters = "fake", False, True, SimpleNamespace()
 
         def chunks(self, stop):
             for i in range(10_000):
