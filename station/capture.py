@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .decode import to_mono
 from .errors import DeviceError
 from .types import AudioChunk
 
@@ -159,7 +160,7 @@ class MicSource:
                     first_frames = len(blocks[0][0])
                     anchor_time = datetime.fromtimestamp(blocks[0][1], tz=timezone.utc) \
                         - timedelta(seconds=first_frames / self.sample_rate)
-                mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
+                mono = to_mono(samples)
                 offset = position / self.sample_rate
                 yield AudioChunk(mono, self.sample_rate, self.name, offset,
                                  anchor_time + timedelta(seconds=offset))

@@ -50,6 +50,13 @@ class AudioInfo:
     duration: float | None  # seconds, when the container says
 
 
+def to_mono(frames: np.ndarray) -> np.ndarray:
+    """[frames, channels] -> float32 [frames]: channels averaged, the same way for every source."""
+    if frames.shape[1] == 1:
+        return np.ascontiguousarray(frames[:, 0], dtype=np.float32)
+    return frames.mean(axis=1, dtype=np.float32)
+
+
 def open_audio(path: Path, block_seconds: float) -> tuple[AudioInfo, Iterator[np.ndarray]]:
     """The file's format and an iterator of mono float32 blocks; raises AudioInputError."""
     path = Path(path)
@@ -120,7 +127,7 @@ def _soundfile_blocks(path: Path, info, block_seconds: float) -> Iterator[np.nda
                 data = f.read(block, dtype="float32", always_2d=True)
                 if not len(data):
                     return
-                yield data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+                yield to_mono(data)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioInputError(f"{path}: corrupt audio data: {_libsndfile_reason(exc)}") from None
 
@@ -206,7 +213,7 @@ def _ffmpeg_blocks(path: Path, audio: AudioInfo, block_seconds: float) -> Iterat
                     continue
                 frames = np.frombuffer(raw, dtype="<f4").reshape(-1, audio.channels)
                 decoded += len(frames)
-                yield frames.mean(axis=1, dtype=np.float32) if audio.channels > 1 else frames[:, 0].copy()
+                yield to_mono(frames)
             code = proc.wait()
             errors.seek(0)
             said = errors.read().decode(errors="replace")

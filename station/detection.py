@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Iterable, Sequence
 
+from .names import name_key
 from .types import Detection, Scores, Species
 
 
@@ -27,10 +28,6 @@ EVENT_NAMESPACE = uuid.UUID("5b0c1d52-7f0e-4a43-9b8e-0f1a6c2d9e11")
 
 def event_id(station: str, model: str, source: str, label: str, start_time: datetime) -> str:
     return uuid.uuid5(EVENT_NAMESPACE, "|".join([station, model, source, label, start_time.isoformat()])).hex
-
-
-def _key(name: str) -> str:
-    return " ".join(name.replace("_", " ").split()).casefold()
 
 
 @dataclass
@@ -46,13 +43,13 @@ class SpeciesFilter:
     def __init__(self, threshold: float, species_thresholds: dict[str, float],
                  include: Iterable[str], exclude: Iterable[str]):
         self.threshold = threshold
-        self.species_thresholds = {_key(k): v for k, v in species_thresholds.items()}
-        self.include = {_key(n) for n in include}
-        self.exclude = {_key(n) for n in exclude}
+        self.species_thresholds = {name_key(k): v for k, v in species_thresholds.items()}
+        self.include = {name_key(n) for n in include}
+        self.exclude = {name_key(n) for n in exclude}
 
     @staticmethod
     def names(species: Species) -> set[str]:
-        return {_key(n) for n in (species.label, species.scientific_name, species.common_name) if n}
+        return {name_key(n) for n in (species.label, species.scientific_name, species.common_name) if n}
 
     def allows(self, species: Species) -> bool:
         names = self.names(species)

@@ -58,8 +58,13 @@ def normalise_common(name: str) -> str:
     return " ".join(text.split())
 
 
+def name_key(name: str) -> str:
+    """A species name as a key: case, underscores and spacing do not matter ('Strix_aluco' = 'strix  aluco')."""
+    return " ".join(name.replace("_", " ").split()).casefold()
+
+
 def normalise_scientific(name: str) -> str:
-    key = " ".join(name.replace("_", " ").split()).casefold()
+    key = name_key(name)
     return SCIENTIFIC_SYNONYMS.get(key, key)
 
 

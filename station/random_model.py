@@ -8,21 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# dima806/bird_sounds_classification's labels, in index order (see shared/MODELS.md).
-DIMA806_LABELS = [
-    "Andean Guan", "Andean Tinamou", "Australian Brushturkey", "Band-tailed Guan", "Bartletts Tinamou",
-    "Bearded Guan", "Black-capped Tinamou", "Blue-throated Piping Guan", "Brazilian Tinamou",
-    "Brown Tinamou", "Brushland Tinamou", "Cauca Guan", "Chaco Chachalaca", "Chestnut-winged Chachalaca",
-    "Cinereous Tinamou", "Colombian Chachalaca", "Crested Guan", "Dusky Megapode", "Dusky-legged Guan",
-    "Dwarf Tinamou", "Great Tinamou", "Grey Tinamou", "Grey-headed Chachalaca", "Highland Tinamou",
-    "Little Chachalaca", "Little Tinamou", "Orange-footed Scrubfowl", "Pale-browed Tinamou",
-    "Plain Chachalaca", "Red-legged Tinamou", "Red-winged Tinamou", "Rufous-bellied Chachalaca",
-    "Rufous-headed Chachalaca", "Rufous-vented Chachalaca", "Rusty-margined Guan",
-    "Slaty-breasted Tinamou", "Small-billed Tinamou", "Solitary Tinamou", "Speckled Chachalaca",
-    "Spixs Guan", "Spotted Nothura", "Tataupa Tinamou", "Tawny-breasted Tinamou", "Thicket Tinamou",
-    "Undulated Tinamou", "Variegated Tinamou", "West Mexican Chachalaca", "White-bellied Nothura",
-    "White-throated Tinamou", "Yellow-legged Tinamou",
-]
+from .names import DIMA806_SCIENTIFIC
+
+# dima806/bird_sounds_classification's labels, in index order (alphabetical; see shared/MODELS.md).
+DIMA806_LABELS = list(DIMA806_SCIENTIFIC)
 
 SIZES = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
