@@ -1,0 +1,57 @@
+"""Settings into stages: the classifier, windower, detector and sources, built one way everywhere.
+
+The daemon's composition root (station.app) and the companion tools (station.validation)
+build their stages here, so what a validation measures is what the station runs, and the
+companion never imports the daemon's wiring (MQTT, health, signals).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .capture import MicSource
+from .config import Settings
+from .detection import Detector, SpeciesFilter
+from .inference import OnnxClassifier
+from .progress import ReplayProgress
+from .range_filter import RangeFilter
+from .sources import DirectorySource, FileSource
+from .windowing import Windower
+
+
+def build_classifier(settings: Settings) -> OnnxClassifier:
+    m = settings.model
+    return OnnxClassifier.from_path(m.path, variant=m.variant, threads=m.threads,
+                                    batch_size=m.batch_size, sensitivity=m.sensitivity)
+
+
+def build_windower(settings: Settings, classifier: OnnxClassifier) -> Windower:
+    w = settings.windowing
+    window_seconds = w.window_seconds or classifier.manifest.window_seconds
+    return Windower(classifier.sample_rate, window_seconds, w.hop_seconds, w.tail_min_seconds,
+                    classifier.manifest.resampler)
+
+
+def build_detector(settings: Settings, classifier: OnnxClassifier) -> Detector:
+    d, where = settings.detection, settings.location
+    species_filter = SpeciesFilter(d.threshold, d.species_thresholds, d.include, d.exclude)
+    range_filter = None
+    if where.enabled:
+        range_filter = RangeFilter(classifier.folder, where.lat, where.lon, where.threshold, where.keep, where.week)
+    return Detector(settings.station.id, classifier.model_name, species_filter, d.top_k,
+                    d.merge_gap_seconds, range_filter)
+
+
+def build_replay_source(settings: Settings, path: Path, progress: bool = True):
+    """A file or a folder of recordings; with `progress`, what it has read so far is shown as it goes."""
+    r = settings.replay
+    if Path(path).is_dir():
+        source = DirectorySource(path, r.extensions, r.chunk_seconds, r.realtime, r.watch, r.poll_seconds)
+    else:
+        source = FileSource(path, r.chunk_seconds, r.realtime)
+    return ReplayProgress(source, per_file_lines=Path(path).is_dir()) if progress else source
+
+
+def build_mic_source(settings: Settings) -> MicSource:
+    a = settings.audio
+    return MicSource(a.device, a.sample_rate, a.channels, a.block_seconds, a.queue_seconds,
+                     a.reconnect_max_seconds, a.stall_seconds, a.wait_for_device)
