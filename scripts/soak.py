@@ -549,7 +549,7 @@ class Soak:
         if not wait_until(lambda: outbox_backlog(self.db) == 0, self.args.drain_timeout):
             self.problems.append(f"the outbox still held {outbox_backlog(self.db)} message(s) after "
                                  f"{self.args.drain_timeout:.0f} s with the broker up")
-        say("outbox drained; SIGTERM to the daemon")
+        say(f"outbox backlog {outbox_backlog(self.db)}; SIGTERM to the daemon")
         code = self.daemon.terminate()
         if code not in (0, 130):
             self.problems.append(f"the daemon's clean stop ended with {code!r} (0 or 130 expected)")
@@ -594,7 +594,7 @@ class Soak:
             "reader": {"polls": reader.polls, "failures": sum(reader.failures.values()),
                        "kinds": dict(reader.failures.most_common(5))},
             "daemon_logs": logs,
-            "rss": rss_figures(rss.samples, self.args.warmup),
+            "rss": rss_figures(rss.samples, self.args.warmup, self.work / "rss.csv"),
         }
         if chaos.error:
             self.problems.append(f"the broker chaos stopped: {chaos.error}")
@@ -665,8 +665,14 @@ def scan_logs(logs: list[Path]) -> dict:
             "errors": dict(errors.most_common(5)), "excerpts": excerpts}
 
 
-def rss_figures(samples: list[tuple[int, float, float]], warmup: float) -> dict:
-    """Per life: RSS at the end of warm-up and the max after it; the slope over the longest life."""
+def rss_figures(samples: list[tuple[int, float, float]], warmup: float, csv_path: Path) -> dict:
+    """Per life: RSS at the end of warm-up and the max after it; the slope over the longest life.
+
+    Every sample goes to `csv_path` (life, seconds into the life, MB) for a closer look.
+    """
+    with csv_path.open("w", newline="") as f:
+        rows = [(n, round(t, 1), round(mb, 2)) for n, t, mb in samples]
+        csv.writer(f).writerows([("life", "seconds", "rss_mb"), *rows])
     lives = {}
     for life in sorted({s[0] for s in samples}):
         mine = [(t, mb) for n, t, mb in samples if n == life]
@@ -674,7 +680,7 @@ def rss_figures(samples: list[tuple[int, float, float]], warmup: float) -> dict:
         lives[life] = {"seconds": round(mine[-1][0], 1), "samples": len(mine),
                        "warmup_mb": round(after[0][1], 1) if after else None,
                        "max_after_warmup_mb": round(max(mb for _, mb in after), 1) if after else None,
-                       "max_mb": round(max(mb for _, mb in mine), 1)}
+                       "last_mb": round(mine[-1][1], 1), "max_mb": round(max(mb for _, mb in mine), 1)}
     longest = max(lives, key=lambda n: lives[n]["seconds"], default=None)
     slope = None
     if longest is not None:
@@ -684,7 +690,7 @@ def rss_figures(samples: list[tuple[int, float, float]], warmup: float) -> dict:
             mean_mb = sum(mb for _, mb in points) / len(points)
             var = sum((t - mean_t) ** 2 for t, _ in points)
             slope = round(sum((t - mean_t) * (mb - mean_mb) for t, mb in points) / var, 2) if var else None
-    return {"lives": lives, "longest_life": longest, "slope_mb_per_hour_after_warmup": slope}
+    return {"lives": lives, "longest_life": longest, "slope_mb_per_hour_after_warmup": slope, "samples": str(csv_path)}
 
 
 def judge(f: dict, args: argparse.Namespace) -> list[str]:
@@ -743,7 +749,8 @@ def report(f: dict) -> str:
         f"{f['daemon_logs']['operational_errors']} OperationalErrors, {f['daemon_logs']['error_lines']} ERROR lines "
         f"{f['daemon_logs']['errors'] or ''}",
         "  RSS per life (MB): " + ", ".join(
-            f"#{n} {life['seconds']:.0f} s warm-up {life['warmup_mb']} max after {life['max_after_warmup_mb']}"
+            f"#{n} {life['seconds']:.0f} s: warm-up {life['warmup_mb']}, max after {life['max_after_warmup_mb']}, "
+            f"last {life['last_mb']}"
             for n, life in rss["lives"].items()),
         f"  RSS slope after warm-up over the longest life (#{rss['longest_life']}): "
         f"{rss['slope_mb_per_hour_after_warmup']} MB/h",
