@@ -47,7 +47,8 @@ class AlertWriter:
     topics: Topics | None
 
     def raise_alert(self, db: sqlite_utils.Database, alert_type: str, when: datetime, species: Species | None = None,
-                    detection_ids: Sequence[str] = (), details: dict[str, Any] | None = None) -> dict | None:
+                    detection_ids: Sequence[str] = (), details: dict[str, Any] | None = None,
+                    score: float | None = None, source: str | None = None) -> dict | None:
         alert_id = uuid.uuid5(EVENT_NAMESPACE, "|".join(
             [self.station, alert_type, species.label if species else "", iso(when)])).hex
         if self._already_raised(db, alert_id) or self._cooling_down(db, alert_type, species, when):
@@ -60,7 +61,8 @@ class AlertWriter:
             "scientific_name": species.scientific_name if species else None,
             "common_name": species.common_name if species else None,
             "detection_ids": json.dumps(list(detection_ids)), "payload": encode(payload),
-            "event_time": iso(when), "created": payload["created"]})
+            "event_time": iso(when), "created": payload["created"],
+            "score": None if score is None else round(score, 4), "source": source})
         if self.topics:
             enqueue(db, self.topics.alert(alert_type), encode(payload))
         log.info("alert %s%s", alert_type, f": {species.name}" if species else "")
@@ -108,12 +110,13 @@ class AlertEngine:
     def _species_alerts(self, db, det: Detection) -> None:
         if self.rare and self.rare.allows(det.species):
             self.writer.raise_alert(db, "RARE_SPECIES", det.start_time, det.species, [det.id],
-                                    {"confidence": round(det.confidence, 4)})
+                                    {"confidence": round(det.confidence, 4)}, det.confidence, det.source)
         if self.settings.new_species:
             heard_before = self._heard_before(db, det, since=None)
             if not heard_before or not self._heard_before(db, det, since=local_midnight(det.start_time)):
                 self.writer.raise_alert(db, "NEW_SPECIES", det.start_time, det.species, [det.id],
-                                        {"first_ever": not heard_before, "confidence": round(det.confidence, 4)})
+                                        {"first_ever": not heard_before, "confidence": round(det.confidence, 4)},
+                                        det.confidence, det.source)
 
     def _heard_before(self, db, det: Detection, since: datetime | None) -> bool:
         sql = "SELECT 1 FROM detections WHERE station = ? AND label = ? AND id != ? AND start_time < ?"
@@ -133,9 +136,9 @@ class AlertEngine:
         details = {"level_dbfs": round(level, 1), "best": {"label": species.label, "score": round(best, 4)},
                    "source": w.source, "start_offset": round(w.start_offset, 3)}
         if best < self.settings.unknown_sound:
-            self.writer.raise_alert(db, "UNKNOWN_SOUND", w.start_time, None, [], details)
+            self.writer.raise_alert(db, "UNKNOWN_SOUND", w.start_time, None, [], details, best, w.source)
         elif best < self.settings.low_confidence:
-            self.writer.raise_alert(db, "LOW_CONFIDENCE", w.start_time, species, [], details)
+            self.writer.raise_alert(db, "LOW_CONFIDENCE", w.start_time, species, [], details, best, w.source)
 
     def _frequency_alerts(self, db, now: datetime) -> None:
         window = timedelta(minutes=self.settings.frequency_window_minutes)

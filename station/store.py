@@ -100,9 +100,34 @@ def _v3_run_device_recoveries_and_dropped_tail(db: sqlite_utils.Database) -> Non
     db["runs"].add_column("dropped_tail_seconds", float, not_null_default=0.0)
 
 
+def _v4_alert_score_and_source(db: sqlite_utils.Database) -> None:
+    """An alert's score (the detection's confidence, or a loud window's best score) and its source.
+
+    Alerts stored before keep both in their payload and their detections: filled from there.
+    """
+    db["alerts"].add_column("score", float)
+    db["alerts"].add_column("source", str)
+    db.execute("""UPDATE alerts SET
+        score = COALESCE(json_extract(payload, '$.details.confidence'), json_extract(payload, '$.details.best.score')),
+        source = COALESCE(json_extract(payload, '$.details.source'),
+                          (SELECT d.source FROM detections d WHERE d.id = json_extract(alerts.detection_ids, '$[0]')))""")
+
+
+def _v5_xc_recordings(db: sqlite_utils.Database) -> None:
+    """The Xeno-Canto recordings `station xc seed` fetched, with their credits.
+
+    Before this step `xc seed` created the table itself: a database that has it keeps it as it is.
+    """
+    if not db["xc_recordings"].exists():
+        columns = ["path", "source", "commit", "scientific_name", "common_name", "label_source", "license",
+                   "duration_s", "sample_rate", "channels", "notes", "xc_id", "recordist", "quality", "url", "also"]
+        db["xc_recordings"].create({c: str for c in columns}, pk="xc_id")
+
+
 # Append only: a migration, once released, never changes. user_version = len(applied).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _v1_detections_and_runs, _v2_alerts_and_outbox, _v3_run_device_recoveries_and_dropped_tail]
+    _v1_detections_and_runs, _v2_alerts_and_outbox, _v3_run_device_recoveries_and_dropped_tail,
+    _v4_alert_score_and_source, _v5_xc_recordings]
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
@@ -319,9 +344,11 @@ class Store:
             "source, status FROM detections ORDER BY start_time DESC LIMIT ?", [limit]))
 
     def recent_alerts(self, limit: int = 20, alert_type: str | None = None) -> list[dict]:
-        return list(self.db.query(
-            "SELECT event_time, type, common_name, scientific_name, detection_ids, created FROM alerts "
-            "WHERE ? IS NULL OR type = ? ORDER BY event_time DESC LIMIT ?", [alert_type, alert_type, limit]))
+        """The latest alerts (of one type), newest first; `detection_ids` as a list."""
+        rows = self.db.query(
+            "SELECT event_time, type, common_name, scientific_name, score, source, detection_ids, created "
+            "FROM alerts WHERE ? IS NULL OR type = ? ORDER BY event_time DESC LIMIT ?", [alert_type, alert_type, limit])
+        return [{**row, "detection_ids": json.loads(row["detection_ids"] or "[]")} for row in rows]
 
     def close(self) -> None:
         self.db.conn.close()

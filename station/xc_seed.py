@@ -153,8 +153,12 @@ async def download(http, client: XenoCantoClient, recording: Recording, out: Pat
         response = await client.request(http, recording.file_url, api=False)
         expected = response.headers.get("content-length")
         if expected is None or len(response.content) == int(expected):
-            partial.write_bytes(response.content)
-            os.replace(partial, target)
+            try:
+                partial.write_bytes(response.content)
+                os.replace(partial, target)
+            except BaseException:  # a full disk, a cancelled task: no half-written file stays behind
+                partial.unlink(missing_ok=True)
+                raise
             return "downloaded"
         log.warning("XC%s: got %d of %s bytes; fetching again", recording.id, len(response.content), expected)
     raise XenoCantoError(mask(f"{recording.file_url}: incomplete after {client.retries} attempts", client.key))
@@ -189,6 +193,7 @@ def manifest_row(r: Recording) -> dict:
 
 
 def record_in_database(recordings: list[Recording], out: Path, database: Path) -> None:
+    """Upsert into `xc_recordings` (a table of the station's schema since migration 5)."""
     from .store import connect, write_transaction
 
     db: sqlite_utils.Database = connect(database)

@@ -6,8 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import sqlite_utils
 
 from fake_xeno_canto import KEY, FakeXenoCanto
+from helpers import rows, sealed_model_folder
 from station.xc_api import XenoCantoClient, XenoCantoError, check_tagged, mask, parse_length
 from station.xc_seed import SeedOptions, seed
 
@@ -37,16 +39,17 @@ def test_seed_end_to_end_writes_files_manifest_and_table(fake, tmp_path):
     report = run(options, client(fake, tmp_path))
     assert report.downloaded == len(report.selected) == 4 and not report.failed  # one each in the fixtures
     with open(report.manifest) as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == report.downloaded
-    assert {r["scientific_name"] for r in rows} == set(PR_SPECIES[:3]) | {"Todus mexicanus"}  # en:"=..." matched
-    for row in rows:
+        listed = list(csv.DictReader(f))
+    assert len(listed) == report.downloaded
+    assert {r["scientific_name"] for r in listed} == set(PR_SPECIES[:3]) | {"Todus mexicanus"}  # en:"=..." matched
+    for row in listed:
         audio = out / row["path"]
         assert audio.is_file() and audio.read_bytes()[:3] in (b"ID3", b"\xff\xfb", b"\xff\xf3")
         assert row["license"].startswith("https://creativecommons.org/")
         assert row["recordist"] and f"rec={row['recordist']}" in row["notes"]
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM xc_recordings").fetchone()[0] == len(rows)
+    stored = rows(db, "SELECT xc_id, recordist, license FROM xc_recordings ORDER BY xc_id")
+    assert stored == sorted(({k: r[k] for k in ("xc_id", "recordist", "license")} for r in listed),
+                            key=lambda r: r["xc_id"])
     assert not list(out.glob("*.part"))
 
 
@@ -80,7 +83,8 @@ def test_an_interrupted_download_is_fetched_again_and_complete_files_are_not(fak
     fake.truncate_next = 1
     first = run(options, client(fake, tmp_path, retries=1))
     assert len(first.failed) == 1 and first.downloaded == 2
-    assert not list(out.glob("*.part")) or all(p.stat().st_size > 0 for p in out.glob("*.part"))
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(
+        [f"XC{r.id}{r.extension}" for r in first.selected if f"XC{r.id}:" not in first.failed[0]] + ["manifest.csv"])
     downloads_before = sum(p.endswith("/download") for p in fake.requests)
     second = run(options, client(fake, tmp_path))
     assert (second.downloaded, second.already_present, second.failed) == (1, 2, [])
@@ -147,15 +151,7 @@ def test_seed_on_the_command_line_takes_species_from_the_model_and_the_key_from_
     import subprocess
     import sys
 
-    from station.model_folder import Manifest, write_folder, write_labels
-    from station.types import Species
-
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    write_labels(staging / "labels.tsv", [Species("Todus mexicanus_Puerto Rican Tody", "Todus mexicanus",
-                                                  "Puerto Rican Tody"), Species("Spixs Guan", None, "Spixs Guan")])
-    (staging / "model.onnx").write_bytes(b"xc seed reads only the labels")  # sealed, never run here
-    model = write_folder(staging, tmp_path / "model", Manifest("m", 48000, 3.0, "x", "y")).path
+    model = sealed_model_folder(tmp_path)  # xc seed reads only its labels
     env = {**os.environ, "STATION_XC_KEY": KEY}
     command = [sys.executable, "-m", "station.cli", "xc", "seed", "--model", str(model), "--per-species", "1",
                "--out", str(tmp_path / "set"), "--db", str(tmp_path / "st.db"), "--api-url", fake.api_url]
@@ -166,3 +162,36 @@ def test_seed_on_the_command_line_takes_species_from_the_model_and_the_key_from_
     missing_key = subprocess.run(command, capture_output=True, text=True, timeout=60,
                                  env={k: v for k, v in env.items() if k != "STATION_XC_KEY"})
     assert missing_key.returncode == 1 and "no Xeno-Canto API key" in missing_key.stderr
+
+
+def test_a_database_that_has_the_table_from_before_migration_5_migrates_and_keeps_its_rows(fake, tmp_path):
+    from station.store import MIGRATIONS, connect
+    from station.xc_seed import manifest_row
+
+    path = tmp_path / "st.db"
+    db = sqlite_utils.Database(sqlite3.connect(path, isolation_level=None))
+    for migration in MIGRATIONS[:4]:  # the schema before xc_recordings was a migration
+        migration(db)
+    db.execute("PRAGMA user_version=4")
+    old = asyncio.run(_search(client(fake, tmp_path), "gen:Coereba sp:flaveola"))[0]
+    db["xc_recordings"].upsert_all([manifest_row(old)], pk="xc_id")  # how `xc seed` made the table then
+    db.conn.close()
+    connect(path).conn.close()
+    assert rows(path, "PRAGMA user_version")[0]["user_version"] == len(MIGRATIONS)
+    assert [r["xc_id"] for r in rows(path, "SELECT xc_id FROM xc_recordings")] == [old.id]
+    run(SeedOptions(tmp_path / "set", species=PR_SPECIES[:1], per_species=1, database=path), client(fake, tmp_path))
+    assert len(rows(path, "SELECT xc_id FROM xc_recordings")) == 2
+
+
+def test_a_new_database_has_the_table_before_any_seed(tmp_path):
+    from station.store import connect
+
+    connect(tmp_path / "st.db").conn.close()
+    columns = [r["name"] for r in rows(tmp_path / "st.db", "PRAGMA table_info(xc_recordings)")]
+    from station.xc_seed import MANIFEST_COLUMNS
+    assert columns == MANIFEST_COLUMNS
+
+
+async def _search(xc, query):
+    async with httpx.AsyncClient() as http:
+        return await xc.search(http, query, limit=None)
