@@ -96,6 +96,8 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
             detector, store, run_id, stop, listeners=listeners,
             summary_seconds=settings.logging.summary_seconds, notifier=Notifier.from_environment())
         mqtt = start_mqtt(settings, topics, classifier.model_name, supervisor) if topics else None
+        if mqtt:
+            store.after_commit.append(mqtt.wake)
         health = HealthMonitor(
             pipeline.health, settings.alerts, settings.station.id, settings.storage.database, topics,
             live=source.live, publish=(lambda t, p: mqtt.publish_now(t, p, retain=True)) if mqtt else None,

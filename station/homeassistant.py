@@ -29,7 +29,7 @@ def discovery_messages(topics: Topics, discovery_prefix: str, model: str) -> lis
     }
     configs = [
         ("event", "detection", {"name": "Bird detection", "state_topic": topics.detections,
-                                "event_types": ["detection"], "icon": "mdi:bird"}),
+                                "event_types": ["detection", "detection_update"], "icon": "mdi:bird"}),
         ("sensor", "last_species", {"name": "Last species", "state_topic": topics.detections,
                                     "value_template": "{{ value_json.species.common_name }}",
                                     "json_attributes_topic": topics.detections, "icon": "mdi:bird"}),

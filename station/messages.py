@@ -13,7 +13,7 @@ from typing import Any
 from .store import iso
 from .types import Detection, Species
 
-DETECTION_SCHEMA = "field-station/detection/2"  # 2: status
+DETECTION_SCHEMA = "field-station/detection/2"  # 2: status, published on open
 ALERT_SCHEMA = "field-station/alert/1"
 HEALTH_SCHEMA = "field-station/health/1"
 ONLINE, OFFLINE = "online", "offline"
@@ -50,9 +50,11 @@ def species_json(species: Species | None) -> dict[str, Any] | None:
     return {"scientific_name": species.scientific_name, "common_name": species.common_name, "label": species.label}
 
 
-def detection_payload(det: Detection) -> dict[str, Any]:
+def detection_payload(det: Detection, first: bool = True) -> dict[str, Any]:
+    """`first`: the event's first message (event_type "detection"); later ones are "detection_update"."""
     return {
-        "schema": DETECTION_SCHEMA, "event_type": "detection", "id": det.id, "station": det.station,
+        "schema": DETECTION_SCHEMA, "event_type": "detection" if first else "detection_update",
+        "id": det.id, "station": det.station,
         "model": det.model, "source": det.source, "species": species_json(det.species),
         "confidence": round(det.confidence, 4), "mean_confidence": round(det.mean_confidence, 4),
         "window_count": det.window_count, "start_time": iso(det.start_time), "end_time": iso(det.end_time),

@@ -37,6 +37,7 @@ MAX_INFLIGHT = 100
 # delivered; after a reconnect what it acknowledged this recently is sent again (same ids).
 RESEND_SECONDS = 10.0
 POLL_SECONDS = 0.1
+IDLE_SECONDS = 1.0  # the sender is woken by commits and acknowledgements; this catches anything else
 PURGE_EVERY_SECONDS = 3600.0
 
 
@@ -70,6 +71,7 @@ class MqttService:
         self._stop = threading.Event()
         self._state = ""
         self._restart_from_oldest = threading.Event()
+        self._wake = threading.Event()
         self._message_handlers: dict[str, Callable[[str], None]] = {}
         self.client = self._make_client(password)
         self._sender: Supervised | None = None
@@ -81,6 +83,7 @@ class MqttService:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = lambda *args: self._wake.set()  # an acknowledgement: mark it sent now
         # An exception in one of our callbacks would otherwise end paho's network thread,
         # leaving a client that never reconnects: paho logs it through our logger instead.
         client.suppress_exceptions = True
@@ -119,6 +122,7 @@ class MqttService:
             client.subscribe(topic, qos=1)
         self._restart_from_oldest.set()
         self.connected.set()
+        self._wake.set()
         self._log_state("connected")
         if self.on_connected:
             self.on_connected(self)
@@ -169,8 +173,9 @@ class MqttService:
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + PURGE_EVERY_SECONDS
                     purge_sent(db, self.settings.keep_sent_hours)
-                # Sleep only when idle: while a backlog drains, the next batch goes out at once.
-                stop.wait(POLL_SECONDS if not (acked or published) else 0.002)
+                if not (acked or published):  # while a backlog drains, the next batch goes out at once
+                    self._wake.wait(IDLE_SECONDS)
+                    self._wake.clear()
         finally:
             db.conn.close()
 
@@ -192,6 +197,10 @@ class MqttService:
                 del pending[row_id]
         return acked
 
+    def wake(self) -> None:
+        """New rows were committed to the outbox: send them now rather than at the next poll."""
+        self._wake.set()
+
     def stop(self, flush_seconds: float = 10.0) -> None:
         """Send what is queued (bounded wait), say offline, disconnect. Unsent rows stay queued."""
         db = connect(self.database)
@@ -200,6 +209,7 @@ class MqttService:
             while self.connected.is_set() and time.monotonic() < deadline and backlog(db):
                 time.sleep(POLL_SECONDS)
             self._stop.set()
+            self._wake.set()
             if self._sender is not None:
                 self._sender.stop(5)
             if self.connected.is_set():

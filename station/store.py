@@ -273,6 +273,7 @@ class Store:
     def __init__(self, db: sqlite_utils.Database, reserve: Path | None = None):
         self.db = db
         self.reserve = reserve
+        self.after_commit: list[Callable[[], None]] = []  # called after each outermost transaction commits
 
     @classmethod
     def open(cls, path: Path | str) -> "Store":
@@ -320,9 +321,15 @@ class Store:
         with write_transaction(self.db):
             self.db["runs"].update(run_id, values)
 
-    def transaction(self):
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
         """One write transaction for several writes; nested uses become savepoints."""
-        return write_transaction(self.db)
+        outermost = not self.db.conn.in_transaction
+        with write_transaction(self.db) as db:
+            yield db
+        if outermost:
+            for hook in self.after_commit:
+                hook()
 
     def save(self, detections: Iterable[Detection], run_id: int | None) -> list[Detection]:
         """Store events by id; return those stored. A closed event is final: the same event

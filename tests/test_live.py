@@ -45,8 +45,12 @@ def test_station_run_is_ready_detects_a_played_bird_publishes_it_and_stops_clean
         broker.stop()
     assert station.returncode == 0, err
     assert "Traceback" not in err
-    (detection,) = subscriber.json("station/live/detections")[:1]
-    assert detection["source"] == "mic:pulse" and detection["status"] == "closed"
+    messages = subscriber.json("station/live/detections")
+    detection = messages[0]
+    assert detection["source"] == "mic:pulse" and detection["status"] == "open", "published as the event opened"
+    assert detection["event_type"] == "detection"
+    final = [m for m in messages if m["id"] == detection["id"] and m["status"] == "closed"]
+    assert final and final[-1]["event_type"] == "detection_update", "and again, same id, when it closed"
     assert late.messages == [("station/live/status", "offline", True)], "the retained status says offline"
     fields = notify.fields()
     assert fields.index("READY=1") < fields.index("STOPPING=1")

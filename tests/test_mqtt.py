@@ -185,7 +185,7 @@ def test_home_assistant_discovery_is_retained_and_re_announced(broker, tmp_path)
     subscriber.wait_for(lambda: len(subscriber.messages) >= len(expected))
     configs = {t: json.loads(p) for t, p, _ in subscriber.messages}
     event = configs["homeassistant/event/field_station_st1/detection/config"]
-    assert event["event_types"] == ["detection"] and event["state_topic"] == "station/st1/detections"
+    assert event["event_types"] == ["detection", "detection_update"] and event["state_topic"] == "station/st1/detections"
     assert all(c["availability_topic"] == "station/st1/status" and c["device"]["identifiers"] == ["field_station_st1"]
                for c in configs.values())
     assert event["default_entity_id"] == "event.field_station_st1_detection"
