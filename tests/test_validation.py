@@ -1,19 +1,26 @@
 """Validation companion: metrics checked against scikit-learn, names, calibration, end to end."""
 import csv
 import json
+import math
+import os
+from datetime import datetime
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 
+from conftest import REPO, tone
 from station.calibrate import calibrate, load_scores, snippet
+from station.cli import main
 from station.config import Settings
 from station.inference import OnnxClassifier
 from station.metrics import compute
 from station.names import LabelIndex, normalise_common, species_from_label
-from station.report import notebook_alerts, write_report
-from station.types import Species
-from station.validation import metrics_of, read_manifest, validate
+from station.report import write_report
+from station.types import Scores, Species
+from station.validation import Clip, metrics_of, read_manifest, validate
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics", reason="scikit-learn is in the dev extra")
 
@@ -84,36 +91,84 @@ def test_calibration_skips_species_with_too_few_files_and_writes_a_loadable_snip
     assert yaml.safe_load(text) == {"a": 0.8}
 
 
-def _results(top1_counts, scores=None):
-    """File results whose top-1 species i occurs top1_counts[i] times, at score 0.9 unless given."""
-    from station.validation import Clip, FileResult
-
-    results, n = [], len(top1_counts)
-    for i, count in enumerate(top1_counts):
-        for k in range(count):
-            values = np.zeros(n)
-            values[i] = (scores or {}).get((i, k), 0.9)
-            results.append(FileResult(Clip(f"f{i}_{k}.wav", "x", "x"), None, values, 1, ()))
-    return results, [Species(f"s{i}", f"Genus s{i}", f"Species {i}") for i in range(n)]
+OWL = Species("Strix aluco_Tawny Owl", "Strix aluco", "Tawny Owl")
+MAGPIE = Species("Pica pica_Eurasian Magpie", "Pica pica", "Eurasian Magpie")
 
 
-def test_notebook_alerts_high_frequency_rare_low_confidence_and_unknown():
-    # counts 20,3x6: mean 5.43, sd 5.95, so 20 > mean + 2 sd; nothing below mean - 1.5 sd < 0
-    results, labels = _results([20, 3, 3, 3, 3, 3, 3], scores={(1, 0): 0.4, (2, 0): 0.2})
-    alerts = notebook_alerts(results, labels, rare_species=["Species 6", "genus s5"])
-    assert [(a["type"], a["species"]) for a in alerts if a["type"] == "HIGH_FREQUENCY"] == [("HIGH_FREQUENCY", "s0")]
-    assert sorted({a["species"] for a in alerts if a["type"] == "RARE_SPECIES"}) == ["s5", "s6"]
-    assert len([a for a in alerts if a["type"] == "RARE_SPECIES"]) == 6
-    assert [(a["type"], a["file"]) for a in alerts if a["type"] in ("LOW_CONFIDENCE", "UNKNOWN_SOUND")] == [
-        ("LOW_CONFIDENCE", "f1_0.wav"), ("UNKNOWN_SOUND", "f2_0.wav")]
-    assert "LOW_FREQUENCY" not in {a["type"] for a in alerts}
+class ScriptedClassifier:
+    """A classifier whose scores are set per window start: a confident magpie unless `script` says otherwise."""
+
+    sample_rate = 16000
+    model_name = "scripted"
+    labels = (OWL, MAGPIE)
+    manifest = SimpleNamespace(window_seconds=3.0, resampler="soxr")
+
+    def __init__(self, script: dict[float, tuple[float, float]]):
+        self.script = script
+
+    def classify(self, windows):
+        return [Scores(w, np.asarray(self.script.get(round(w.start_offset, 1), (0.0, 0.95)), np.float32), self.labels)
+                for w in windows]
 
 
-def test_notebook_alerts_low_frequency():
-    # counts 10x6,1: mean 8.71, sd 3.15, so 1 < mean - 1.5 sd = 3.99; nothing above mean + 2 sd = 15
-    results, labels = _results([10, 10, 10, 10, 10, 10, 1])
-    alerts = notebook_alerts(results, labels, rare_species=[])
-    assert [(a["type"], a["species"], a["count"]) for a in alerts] == [("LOW_FREQUENCY", "s6", 1)]
+def loud_clips(tmp_path, count: int) -> list[Clip]:
+    """12 s of loud tone each, heard an hour apart on 1 May 2026 from noon (local time)."""
+    clips = []
+    for i in range(count):
+        path = tmp_path / f"clip{i}.wav"
+        sf.write(path, tone(16000, 12.0), 16000)
+        end = datetime(2026, 5, 1, 12 + i, 0, 12).timestamp()
+        os.utime(path, (end, end))
+        clips.append(Clip(path, "Pica pica", "Eurasian Magpie"))
+    return clips
+
+
+# Windows at 0, 1.5, ... 9 s: a magpie throughout but for an unsure owl at 4.5 s and nothing clear at 6 s.
+SCRIPT = {4.5: (0.4, 0.1), 6.0: (0.1, 0.15)}
+
+
+def raised(results):
+    return [[(a["type"], a["species"]["label"] if a["species"] else None) for a in r.alerts] for r in results]
+
+
+def test_the_report_alerts_are_the_station_rules_with_the_configured_settings(tmp_path):
+    clips = loud_clips(tmp_path, 2)
+    results = validate(clips, ScriptedClassifier(SCRIPT), Settings(), progress=False)
+    assert [sorted(a) for a in raised(results)] == [
+        [("LOW_CONFIDENCE", OWL.label), ("NEW_SPECIES", MAGPIE.label), ("UNKNOWN_SOUND", None)],
+        [("LOW_CONFIDENCE", OWL.label), ("UNKNOWN_SOUND", None)]]  # the magpie is not new an hour later
+    schema = json.loads((REPO / "station/schemas/alert.schema.json").read_text())
+    jsonschema = pytest.importorskip("jsonschema")
+    for result, clip in zip(results, clips):
+        for alert in result.alerts:
+            assert alert["file"] == str(clip.path)
+            jsonschema.validate({k: v for k, v in alert.items() if k != "file"}, schema)
+    low = results[0].alerts[[a["type"] for a in results[0].alerts].index("LOW_CONFIDENCE")]
+    assert low["details"]["best"] == {"label": OWL.label, "score": 0.4}
+
+    strict = Settings.model_validate({"alerts": {"low_confidence": 0.3, "unknown_sound": 0.1,
+                                                 "rare_species": ["eurasian magpie"], "new_species": False}})
+    results = validate(clips[:1], ScriptedClassifier(SCRIPT), strict, progress=False)
+    assert sorted(raised(results)[0]) == [("LOW_CONFIDENCE", MAGPIE.label), ("RARE_SPECIES", MAGPIE.label)]
+
+    results = validate(clips[:1], ScriptedClassifier(SCRIPT), Settings(), progress=False, rare_species=["Pica pica"])
+    assert ("RARE_SPECIES", MAGPIE.label) in raised(results)[0]
+    off = Settings.model_validate({"alerts": {"enabled": False}})
+    assert raised(validate(clips, ScriptedClassifier(SCRIPT), off, progress=False)) == [[], []]
+
+
+def test_calibrate_writes_into_a_folder_it_creates_and_a_bad_out_is_one_line(tmp_path, capsys):
+    scores = tmp_path / "scores.npz"
+    np.savez(scores, scores=np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]]), truth=np.array([0, 0, 1]),
+             labels=np.array(["a", "b"]))
+    out = tmp_path / "new" / "deeper" / "t.yaml"
+    assert main(["xc", "calibrate", str(scores), "--out", str(out), "--min-files", "2"]) == 0
+    assert yaml.safe_load(out.read_text()) == {"a": 0.8}
+    (tmp_path / "a-file").write_text("")
+    capsys.readouterr()
+    assert main(["xc", "calibrate", str(scores), "--out", str(tmp_path / "a-file" / "t.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "a-file/t.yaml: cannot write" in err, err
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +197,8 @@ def test_validate_the_shared_clips_end_to_end(shared_species_model, shared_data,
     metrics = metrics_of(results, classifier.labels)
     assert metrics.files == sum(r.evaluable for r in results) >= 60
 
-    files = write_report(results, metrics, classifier.labels, tmp_path / "report", "shared-species",
-                         rare_species=["Puerto Rican Parrot"])
+    files = write_report(results, metrics, classifier.labels, tmp_path / "report", "shared-species")
+    assert json.loads(files["alerts"].read_text()) == [a for r in results for a in r.alerts]
     for key in ("results", "metrics", "scores", "alerts", "report", "confusion", "per_species", "predicted_frequency"):
         assert files[key].is_file() and files[key].stat().st_size > 0, key
     assert files["confusion"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -165,6 +220,22 @@ def test_validate_the_shared_clips_end_to_end(shared_species_model, shared_data,
     assert "top-1 accuracy" in files["report"].read_text()
 
 
+def best_precision(column, positive) -> float:
+    return max((positive[column >= cut].mean() for cut in set(column) if positive[column >= cut].any()), default=0.0)
+
+
+def lowest_cuts(scores, truth, labels, target) -> dict[str, float]:
+    """calibrate()'s answer, counted again the slow way: per species, the lowest score that keeps precision."""
+    found = {}
+    for j, label in enumerate(labels):
+        positive = truth == j
+        cuts = [cut for cut in set(scores[:, j])
+                if positive[scores[:, j] >= cut].any() and positive[scores[:, j] >= cut].mean() >= target]
+        if positive.any() and cuts:
+            found[label] = round(float(min(cuts)), 4)
+    return found
+
+
 def test_validate_and_calibrate_on_the_command_line(shared_species_model, shared_data, tmp_path):
     from conftest import station_cli
 
@@ -181,13 +252,18 @@ def test_validate_and_calibrate_on_the_command_line(shared_species_model, shared
                          "--out", str(tmp_path / "report"), cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "files scored: top-1" in result.stdout and (tmp_path / "report" / "report.md").is_file()
-    calibrated = station_cli("xc", "calibrate", str(tmp_path / "report" / "scores.npz"), "--precision", "0.5",
+    # A random model has no skill: aim at the best precision any species reaches, so some species must pass.
+    scores, truth, labels = load_scores(tmp_path / "report" / "scores.npz")
+    target = math.floor(max(best_precision(scores[:, j], truth == j) for j in set(truth[truth >= 0])) * 100) / 100
+    calibrated = station_cli("xc", "calibrate", str(tmp_path / "report" / "scores.npz"), "--precision", str(target),
                              "--min-files", "1", "--out", str(tmp_path / "t.yaml"), cwd=tmp_path)
     assert calibrated.returncode == 0, calibrated.stderr
     thresholds = yaml.safe_load((tmp_path / "t.yaml").read_text())
-    assert isinstance(thresholds, dict)
+    assert thresholds and thresholds == lowest_cuts(scores, truth, labels, target)
+    assert f"{len(thresholds)} species reach precision {target:.2f}" in calibrated.stdout
     config = tmp_path / "c.yaml"
     config.write_text("detection:\n  thresholds_file: t.yaml\n")
-    assert station_cli("config", "check", str(config), cwd=tmp_path).returncode == 0
+    checked = station_cli("config", "check", str(config), "--model", str(shared_species_model), cwd=tmp_path)
+    assert checked.returncode == 0, checked.stderr
     bad = station_cli("xc", "calibrate", str(tmp_path / "report" / "results.csv"), cwd=tmp_path)
     assert bad.returncode == 1 and "not a scores file" in bad.stderr
