@@ -83,7 +83,7 @@ class ReplayProgress:
         ok = self._files()[0]
         if self.per_file_lines and ok > self._files_said:
             self._files_said = ok
-            log.info("progress: %s", self.line())
+            log.info("%s", self.line())
 
     def _draw(self, stream, force: bool = False) -> None:
         now = self._clock()

@@ -1,17 +1,19 @@
 """`station replay` as a user runs it: real recordings in, rows in SQLite out."""
+import io
 import json
+import logging
 import math
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
+from threading import Event
 
 import numpy as np
 import pytest
 import soundfile as sf
 
 from conftest import station_cli, tone, write_config
+from helpers import rows, wait_for
 
 CONFIG = """
 station:
@@ -22,15 +24,6 @@ detection:
 logging:
   summary_seconds: 1
 """
-
-
-def rows(db, sql, *args):
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, args)]
-    finally:
-        conn.close()
 
 
 def expected_windows(seconds: float, window=3.0, hop=1.5, tail_min=1.0) -> int:
@@ -57,9 +50,16 @@ def test_replay_of_a_real_recording_writes_merged_well_formed_events(tiny_model,
     assert {e["status"] for e in events} == {"closed"}
     assert {(e["station"], e["model"], e["source"]) for e in events} == {("test-station", "tiny-random", str(gwwa))}
     windows_in_events = 0
+    full = math.floor((run["audio_seconds"] - 3.0) / 1.5) + 1  # whole windows; a tail window starts at full * 1.5
     for e in events:
         assert 0 <= e["start_offset"] < e["end_offset"] <= duration + 0.01
-        assert e["end_offset"] - e["start_offset"] == pytest.approx(3.0 + 1.5 * (e["window_count"] - 1), abs=1.6)
+        assert on_the_hop_grid(e["start_offset"])
+        at_the_end = e["end_offset"] == pytest.approx(run["audio_seconds"], abs=0.01)
+        last_start = full * 1.5 if at_the_end else e["end_offset"] - 3.0
+        assert on_the_hop_grid(last_start), e
+        # Windows 1.5 s apart merge; one missed window between two detected ones does not split an event.
+        n, spanned = e["window_count"], round((last_start - e["start_offset"]) / 1.5)
+        assert n - 1 <= spanned <= 2 * (n - 1), e
         assert 0.3 <= e["mean_confidence"] <= e["confidence"] <= 1.0
         assert e["start_time"].endswith("Z") and e["start_time"] < e["end_time"]
         alternatives = json.loads(e["alternatives"])
@@ -73,10 +73,36 @@ def test_replay_of_a_real_recording_writes_merged_well_formed_events(tiny_model,
     for same in by_label.values():
         for a, b in zip(same, same[1:]):
             assert b["start_offset"] > a["end_offset"]
-    assert windows_in_events <= run["windows"] * 3
+    # Independently, in this process: every window's top 3 at threshold 0.3 is one window of one event.
+    assert windows_in_events == sum(detected_windows(tiny_model, gwwa).values())
+    by_species = {}
+    for e in events:
+        by_species[e["label"]] = by_species.get(e["label"], 0) + e["window_count"]
+    assert by_species == detected_windows(tiny_model, gwwa)
 
     listed = station_cli("detections", "--db", str(db), "--limit", "5", cwd=tmp_path)
     assert listed.returncode == 0 and "common_name" in listed.stdout.splitlines()[0]
+
+
+def on_the_hop_grid(offset: float) -> bool:
+    return abs(offset / 1.5 - round(offset / 1.5)) < 1e-3
+
+
+def detected_windows(model, recording) -> dict[str, int]:
+    """Per species, the windows whose top 3 hold it at a score of at least 0.3 (the CONFIG's detection)."""
+    from station.inference import OnnxClassifier
+    from station.sources import FileSource
+    from station.windowing import Windower
+
+    classifier = OnnxClassifier.from_path(model)
+    windower = Windower(classifier.sample_rate, 3.0, 1.5, 1.0, classifier.manifest.resampler)
+    found = {}
+    for chunk in FileSource(recording).chunks(Event()):
+        for scores in classifier.classify(windower.push(chunk)):
+            for species, score in scores.top(3):
+                if score >= 0.3:
+                    found[species.label] = found.get(species.label, 0) + 1
+    return found
 
 
 def test_replay_is_deterministic(tiny_model, gwwa, tmp_path):
@@ -104,6 +130,9 @@ def test_a_folder_with_bad_files_is_replayed_and_the_bad_ones_skipped(tiny_model
     assert "2 file(s) skipped" in result.stdout
     skipped = [line for line in result.stderr.splitlines() if "skipped:" in line]
     assert len(skipped) == 2 and "a_text.wav" in skipped[0] and "b_empty.wav" in skipped[1]
+    progress = [line.split("station.progress: ", 1)[1] for line in result.stderr.splitlines()
+                if "station.progress: " in line]
+    assert [p.split(";")[0] for p in progress] == ["1 file(s) replayed, 2 skipped", "2 file(s) replayed, 2 skipped"]
     (run,) = rows(tmp_path / "st.db", "SELECT * FROM runs")
     assert (run["files_ok"], run["files_failed"]) == (2, 2)
     sources = {r["source"].rsplit("/", 1)[-1] for r in rows(tmp_path / "st.db", "SELECT source FROM detections")}
@@ -130,11 +159,7 @@ def test_sigterm_mid_replay_leaves_a_sound_database_with_every_closed_event(tiny
         [sys.executable, "-m", "station.cli", "replay", str(gwwa), "--realtime", "--config", str(config),
          "--model", str(tiny_model), "--db", str(db)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # wait until some events have been stored
-        time.sleep(0.5)
-        if db.exists() and rows(db, "SELECT count(*) AS n FROM detections")[0]["n"] >= 2:
-            break
+    wait_for(lambda: db.exists() and rows(db, "SELECT count(*) AS n FROM detections")[0]["n"] >= 2, 60, 0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -163,11 +188,7 @@ def test_a_running_watcher_survives_bad_files_and_loses_nothing(tiny_model, gwwa
         nan[40000] = np.nan
         sf.write(folder / "2_nan.wav", nan, 16000, subtype="FLOAT")
         (folder / "3_bird.mp3").write_bytes(gwwa.read_bytes())
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            if db.exists() and rows(db, "SELECT files_ok FROM runs")[0]["files_ok"] >= 1:
-                break
+        wait_for(lambda: db.exists() and rows(db, "SELECT files_ok FROM runs")[0]["files_ok"] >= 1, 60, 0.5)
         assert proc.poll() is None, "the watcher is still running after the bad files"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -178,3 +199,62 @@ def test_a_running_watcher_survives_bad_files_and_loses_nothing(tiny_model, gwwa
     assert rows(db, "PRAGMA integrity_check")[0]["integrity_check"] == "ok"
     sources = {r["source"].rsplit("/", 1)[-1] for r in rows(db, "SELECT source FROM detections")}
     assert "3_bird.mp3" in sources and run["windows"] >= 30
+
+
+class FakeFolder:
+    """A source of two one-second files, the second unreadable, with the counters a DirectorySource keeps."""
+
+    name, live, connected = "fake-folder", False, True
+
+    def __init__(self):
+        from station.sources import SourceCounters
+
+        self.counters = SourceCounters()
+        self.closed = False
+
+    def chunks(self, stop):
+        from datetime import datetime, timezone
+
+        from station.types import AudioChunk
+
+        for i in range(2):
+            yield AudioChunk(np.zeros(8000, np.float32), 16000, "a.wav", 0.5 * i, datetime.now(timezone.utc),
+                             final=i == 1)
+        self.counters.files_ok += 1
+        self.counters.files_failed += 1  # b.wav: nothing readable, no chunk
+
+    def close(self):
+        self.closed = True
+
+
+def test_replay_progress_without_a_terminal_is_a_line_when_files_finish(caplog):
+    from station.progress import ReplayProgress
+
+    caplog.set_level(logging.INFO, logger="station.progress")
+    clock = iter(range(100))
+    source = ReplayProgress(FakeFolder(), terminal=False, clock=lambda: float(next(clock)))
+    assert (source.name, source.live, source.counters.files_ok) == ("fake-folder", False, 0)  # the folder's own
+    assert len(list(source.chunks(Event()))) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "1 file(s) replayed, 1 skipped; 1.0 s of audio in 1.0 s (1.0x real time)"]
+    source.close()
+    assert source.source.closed
+
+
+def test_replay_progress_on_a_terminal_is_one_line_redrawn_and_wiped_before_log_lines(caplog):
+    from station.progress import CLEAR_LINE, ReplayProgress
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.getLogger().addHandler(handler)
+    try:
+        source = ReplayProgress(FakeFolder(), terminal=True, stream=stream)
+        for chunk in source.chunks(Event()):
+            logging.getLogger("station.test").warning("a log line")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    text = stream.getvalue()
+    assert text.endswith(CLEAR_LINE) and "\n" not in text.replace("a log line\n", "")
+    assert text.count(CLEAR_LINE + "a log line\n") == 2  # the status line never shares a line with a log line
+    assert "replay: 1 file(s) replayed, 1 skipped; 1.0 s of audio" in text
+    assert not [f for f in handler.filters]  # the handler is as it was
