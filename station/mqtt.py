@@ -59,6 +59,20 @@ def make_client(settings: MqttSettings, topics: Topics, password: str | None) ->
     return client
 
 
+def _guarded(callback: Callable) -> Callable:
+    """An exception in a paho callback would end paho's network thread, leaving a client that
+    never reconnects: log it and carry on instead."""
+
+    def guarded(*args):
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("error in an MQTT callback (%s); the connection carries on",
+                          getattr(callback, "__name__", "callback"))
+
+    return guarded
+
+
 class MqttService:
     def __init__(self, settings: MqttSettings, topics: Topics, database: Path, password: str | None,
                  on_connected: Callable[["MqttService"], None] | None = None):
@@ -79,15 +93,11 @@ class MqttService:
 
     def _make_client(self, password: str | None) -> paho.Client:
         client = make_client(self.settings, self.topics, password)
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_publish = lambda *args: self._wake.set()  # an acknowledgement: mark it sent now
-        # An exception in one of our callbacks would otherwise end paho's network thread,
-        # leaving a client that never reconnects: paho logs it through our logger instead.
-        client.suppress_exceptions = True
-        client.enable_logger(log)
+        client.on_connect = _guarded(self._on_connect)
+        client.on_connect_fail = _guarded(self._on_connect_fail)
+        client.on_disconnect = _guarded(self._on_disconnect)
+        client.on_message = _guarded(self._on_message)
+        client.on_publish = _guarded(lambda *args: self._wake.set())  # an acknowledgement: mark it sent now
         return client
 
     def start(self, supervisor: Supervisor) -> None:

@@ -236,3 +236,29 @@ def test_the_sender_survives_broker_kills_in_mid_drain_and_every_message_arrives
     store.close()
     assert supervisor.gave_up is None and not stop_process.is_set()
     assert not [r for r in caplog.records if r.exc_info], "no thread died along the way"
+
+
+def test_an_exception_in_a_callback_is_logged_and_the_client_keeps_reconnecting(broker, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="station.mqtt")
+    store = Store.open(tmp_path / "st.db")
+    topics = Topics("station", "st1")
+    announcements = []
+
+    def broken_announce(service):
+        announcements.append(1)
+        raise RuntimeError("discovery went wrong")
+
+    service = MqttService(MqttSettings(enabled=True, port=broker.port, reconnect_max_seconds=1), topics,
+                          tmp_path / "st.db", None, on_connected=broken_announce)
+    service.start(Supervisor(threading.Event()))
+    deadline = time.monotonic() + 20
+    while len(announcements) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    broker.stop()
+    broker.start()
+    while len(announcements) < 2 and time.monotonic() < deadline + 20:
+        time.sleep(0.05)
+    assert len(announcements) >= 2, "paho's thread survived the first exception and reconnected"
+    service.stop()
+    store.close()
+    assert any("error in an MQTT callback" in r.getMessage() and r.exc_info for r in caplog.records)
