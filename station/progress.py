@@ -60,7 +60,7 @@ class ReplayProgress:
                     self.audio_seconds += chunk.duration
                     if terminal:
                         self._draw(stream)
-                self._report(stream, terminal)
+                self._report(stream, terminal, final=True)
             finally:
                 if terminal:
                     self._wipe(stream)
@@ -76,9 +76,9 @@ class ReplayProgress:
         counters = getattr(self.source, "counters", None)
         return getattr(counters, "files_ok", 0), getattr(counters, "files_failed", 0)
 
-    def _report(self, stream, terminal: bool) -> None:
+    def _report(self, stream, terminal: bool, final: bool = False) -> None:
         if terminal:
-            self._draw(stream, force=True)
+            self._draw(stream, force=final)
             return
         ok = self._files()[0]
         if self.per_file_lines and ok > self._files_said:

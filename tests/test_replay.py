@@ -248,7 +248,8 @@ def test_replay_progress_on_a_terminal_is_one_line_redrawn_and_wiped_before_log_
     handler = logging.StreamHandler(stream)
     logging.getLogger().addHandler(handler)
     try:
-        source = ReplayProgress(FakeFolder(), terminal=True, stream=stream)
+        clock = iter(range(100))  # a second per look at the clock: every redraw is due
+        source = ReplayProgress(FakeFolder(), terminal=True, stream=stream, clock=lambda: float(next(clock)))
         for chunk in source.chunks(Event()):
             logging.getLogger("station.test").warning("a log line")
     finally:
@@ -258,3 +259,12 @@ def test_replay_progress_on_a_terminal_is_one_line_redrawn_and_wiped_before_log_
     assert text.count(CLEAR_LINE + "a log line\n") == 2  # the status line never shares a line with a log line
     assert "replay: 1 file(s) replayed, 1 skipped; 1.0 s of audio" in text
     assert not [f for f in handler.filters]  # the handler is as it was
+
+
+def test_replay_progress_on_a_terminal_redraws_at_most_four_times_a_second():
+    from station.progress import ReplayProgress
+
+    stream = io.StringIO()
+    source = ReplayProgress(FakeFolder(), terminal=True, stream=stream, clock=lambda: 5.0)  # time stands still
+    list(source.chunks(Event()))
+    assert stream.getvalue().count("replay: ") == 2  # the first draw, and the last one, which is always shown
