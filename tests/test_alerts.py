@@ -148,10 +148,10 @@ def test_no_frequency_alerts_before_the_minimum_history(tmp_path):
     assert not s.alerts("HIGH_FREQUENCY") and not s.alerts("LOW_FREQUENCY")
 
 
-def test_open_events_raise_nothing_and_are_not_published(station):
+def test_open_events_raise_no_alert_but_are_published_at_once(station):
     open_event = Detection("o1", "st", "mic", "m", OWL, 0.9, 0.9, 1, T0, T0, 0, 3, status="open")
     station.feed([open_event])
-    assert station.alerts() == [] and station.outbox_topics() == []
+    assert station.alerts() == [] and station.outbox_topics() == ["station/st/detections"]
 
 
 def test_health_rules_device_lost_and_recovered_no_audio_lag_and_disk(tmp_path):
