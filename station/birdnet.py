@@ -140,10 +140,27 @@ def recording_windows(paths: list[Path], per_file: int = 4, resampler: str = "ka
     return np.stack(windows)
 
 
+def tflite_interpreter_class() -> tuple[type, str]:
+    """LiteRT's interpreter, else TensorFlow's own TFLite interpreter, and which one it is.
+
+    ai-edge-litert has no aarch64 Linux wheel for Python 3.11 after 1.4 (a Raspberry Pi), where
+    the convert extra installs tensorflow instead: its tf.lite.Interpreter runs the same TFLite kernels.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+        return Interpreter, "litert"
+    except ImportError:
+        interpreter = getattr(require("tensorflow", "convert").lite, "Interpreter", None)
+    if interpreter is None:  # TensorFlow says it will delete tf.lite.Interpreter
+        raise ModelError("no TFLite interpreter to check the conversion against: pip install ai-edge-litert "
+                         "(or a tensorflow that still has tf.lite.Interpreter)")
+    return interpreter, "tensorflow-lite"
+
+
 def litert_outputs(tflite: Path, batch: np.ndarray, threads: int = 1) -> np.ndarray:
     """What LiteRT (the runtime BirdNET-Pi and BirdNET-Go use) says, one row at a time."""
-    interpreter_module = require("ai_edge_litert.interpreter", "convert")
-    interpreter = interpreter_module.Interpreter(model_path=str(tflite), num_threads=threads)
+    interpreter_class, _ = tflite_interpreter_class()
+    interpreter = interpreter_class(model_path=str(tflite), num_threads=threads)
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     interpreter.resize_tensor_input(inp["index"], [1, *batch.shape[1:]])
     interpreter.allocate_tensors()
@@ -170,7 +187,8 @@ def verify(onnx_path: Path, tflite: Path, batch: np.ndarray, top: int = 5) -> di
     if diff > LOGIT_TOLERANCE or not same_top:
         raise ModelError(f"{onnx_path.name} disagrees with LiteRT (max logit diff {diff:.3g}, same top-{top}: "
                          f"{same_top}); refusing to write the model folder")
-    return {"windows": len(batch), "max_abs_logit_diff": diff, f"same_top{top}": same_top, "against": "litert"}
+    return {"windows": len(batch), "max_abs_logit_diff": diff, f"same_top{top}": same_top,
+            "against": tflite_interpreter_class()[1]}
 
 
 def quantize_final_layer(fp32: Path, out: Path, windows: np.ndarray) -> dict:
