@@ -53,7 +53,9 @@ preflight() {
 step() {
   local name="$1" what="$2" started=${EPOCHREALTIME/./} rc=0 tenths
   shift 2
-  "$@" >"$logs/$name.log" 2>&1 || rc=$?
+  # In the background, so that set -e stops the step at its first failing command (it would not in `||`).
+  "$@" >"$logs/$name.log" 2>&1 &
+  wait $! || rc=$?
   tenths=$(( (${EPOCHREALTIME/./} - started) / 100000 ))
   seconds[$name]="$(( tenths / 10 )).$(( tenths % 10 ))"
   if (( rc )); then
@@ -65,9 +67,11 @@ step() {
 }
 
 host_mirror() {  # the Debian mirror this machine's apt uses
-  { grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
-    grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | sed 's/\[[^]]*\] *//' | awk '{print $2}'
-  } | grep -m1 -E '/debian/?$' || echo http://deb.debian.org/debian
+  local mirror
+  mirror=$({ grep -hs '^URIs:' /etc/apt/sources.list.d/*.sources | awk '{print $2}'
+             grep -hs '^deb ' /etc/apt/sources.list /etc/apt/sources.list.d/*.list | sed 's/\[[^]]*\] *//' | awk '{print $2}'
+           } | awk '/\/debian\/?$/ {print; exit}')
+  echo "${mirror:-http://deb.debian.org/debian}"
 }
 
 build_base() {
@@ -84,6 +88,9 @@ build_base() {
     cp /usr/local/share/ca-certificates/*.crt "$new/usr/local/share/ca-certificates/"
     chroot "$new" update-ca-certificates
   fi
+  touch "$new/.field-station-base"
+  unmounted_or_fail "$cache/base"
+  rm -rf --one-file-system "$cache/base"
   mv "$new" "$cache/base"
 }
 
@@ -220,7 +227,7 @@ declare -A seconds
 trap cleanup EXIT
 
 echo "arm64 (Debian bookworm, Python 3 from Debian) under qemu-user-static: durations are emulated, not a Pi's"
-if [[ ! -d "$cache/base" ]]; then
+if [[ ! -f "$cache/base/.field-station-base" ]]; then
   step debootstrap "built the base root with debootstrap from $(host_mirror) (cached in $cache/base)" build_base
 fi
 step root "copied the base root and cloned $(git -C "$repo" rev-parse --short HEAD) into /home/pi/field-station" fresh_root
