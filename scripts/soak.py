@@ -8,7 +8,8 @@ times). Meanwhile a real Mosquitto is SIGKILLed and restarted on a schedule, the
 SIGKILLed and restarted at seeded moments, a persistent QoS 1 subscriber counts the message
 ids it receives, and a reader polls the database. Then it stops everything cleanly and
 reports what was produced, delivered, duplicated, leaked or broken; the exit code is 1 if
-anything was lost or broken, so a short run is a CI smoke test.
+anything was lost or broken, so a short run is a CI smoke test. The work folder keeps the
+database, the daemon's and the broker's logs and the RSS samples; the copies are removed.
 
     .venv/bin/python scripts/soak.py --hours 6 --json soak.json
 """
@@ -25,6 +26,7 @@ import shutil
 import signal
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import threading
@@ -485,7 +487,9 @@ class Soak:
             subscriber.close()
             self.broker.stop()
         wall = time.monotonic() - started
-        return self._figures(card, subscriber, chaos, rss, reader, final_exit, received_all, wall)
+        figures = self._figures(card, subscriber, chaos, rss, reader, final_exit, received_all, wall)
+        shutil.rmtree(card.folder)  # copies of the shared recordings; the same seed places them again
+        return figures
 
     def _season(self, card: Card, reader: Reader) -> None:
         """Place the audio, killing the daemon at seeded moments, until all of it is placed."""
@@ -682,15 +686,20 @@ def rss_figures(samples: list[tuple[int, float, float]], warmup: float, csv_path
                        "max_after_warmup_mb": round(max(mb for _, mb in after), 1) if after else None,
                        "last_mb": round(mine[-1][1], 1), "max_mb": round(max(mb for _, mb in mine), 1)}
     longest = max(lives, key=lambda n: lives[n]["seconds"], default=None)
-    slope = None
+    slope = growth = None
     if longest is not None:
         points = [(t / 3600, mb) for n, t, mb in samples if n == longest and t >= warmup]
+        if len(points) >= 10:  # peaks follow the file being decoded: compare medians, not extremes
+            fifth = len(points) // 5
+            growth = round(statistics.median(mb for _, mb in points[-fifth:])
+                           - statistics.median(mb for _, mb in points[:fifth]), 1)
         if len(points) >= 3:
             mean_t = sum(t for t, _ in points) / len(points)
             mean_mb = sum(mb for _, mb in points) / len(points)
             var = sum((t - mean_t) ** 2 for t, _ in points)
             slope = round(sum((t - mean_t) * (mb - mean_mb) for t, mb in points) / var, 2) if var else None
-    return {"lives": lives, "longest_life": longest, "slope_mb_per_hour_after_warmup": slope, "samples": str(csv_path)}
+    return {"lives": lives, "longest_life": longest, "slope_mb_per_hour_after_warmup": slope,
+            "median_growth_mb_first_to_last_fifth": growth, "samples": str(csv_path)}
 
 
 def judge(f: dict, args: argparse.Namespace) -> list[str]:
@@ -753,7 +762,8 @@ def report(f: dict) -> str:
             f"last {life['last_mb']}"
             for n, life in rss["lives"].items()),
         f"  RSS slope after warm-up over the longest life (#{rss['longest_life']}): "
-        f"{rss['slope_mb_per_hour_after_warmup']} MB/h",
+        f"{rss['slope_mb_per_hour_after_warmup']} MB/h; median of its last fifth minus its first: "
+        f"{rss['median_growth_mb_first_to_last_fifth']} MB",
     ]
     lines += [f"  excerpt {e}" for e in f["daemon_logs"]["excerpts"]]
     lines.append("  PASS" if not f["problems"] else "  FAIL: " + "; ".join(f["problems"]))
