@@ -11,6 +11,9 @@ way for both decoders. Every problem with a file is an AudioInputError of one li
 - audio that ends before the length its header states ends the file as truncated, after
   the audio that is there (MP3 excepted: its header length is only an estimate);
 - a decoder error mid-file ends the file as corrupt, also after the audio before it.
+
+Blocks are cut from one continuous decode, so any block size gives the same samples as a
+whole-file read (see _SequentialFile).
 """
 from __future__ import annotations
 
@@ -119,10 +122,23 @@ def _check_format(path: Path, rate: int, channels: int, seconds: float | None) -
                               f"(more than {MAX_HOURS} h: corrupt)")
 
 
+class _SequentialFile(sf.SoundFile):
+    """A SoundFile that reads straight on.
+
+    soundfile asks for the position before every read of a seekable file and seeks to it
+    after; for MP3 each of those seeks makes mpg123 decode again from a few frames back,
+    which changes the samples after the block boundary (by up to 1.1 on a shared
+    recording). Declared unseekable, it never seeks: every block size gives the samples a
+    whole-file read gives, for every format."""
+
+    def seekable(self) -> bool:
+        return False
+
+
 def _soundfile_blocks(path: Path, info, block_seconds: float) -> Iterator[np.ndarray]:
     block = max(1, int(block_seconds * info.samplerate))
     try:
-        with sf.SoundFile(str(path)) as f:
+        with _SequentialFile(str(path)) as f:
             while True:
                 data = f.read(block, dtype="float32", always_2d=True)
                 if not len(data):
