@@ -14,8 +14,9 @@ up to 24 bits), never float32, so the samples are quantised here, the same way f
 format: round to the nearest step, clip at full scale. With PCM_16 (the default, as every
 FLAC player expects) a clip of 16-bit audio reads back equal, sample for sample; audio
 decoded from MP3/Ogg or captured as float reads back within half a step (2**-16), a
-full-scale sample within one step. PCM_24 makes the step 256 times finer (2**-23) for
-files half as big again; only WAV's FLOAT keeps float32 exactly.
+full-scale sample within one step. PCM_24 makes the step 256 times finer (2**-23): free for
+16-bit audio (FLAC drops unused low bits), about twice the bytes for audio decoded from MP3
+or captured as float. Only WAV's FLOAT keeps float32 exactly.
 """
 from __future__ import annotations
 
