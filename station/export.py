@@ -7,7 +7,6 @@ equals the model's own feature extractor.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ import numpy as np
 
 from .errors import ModelError
 from .inference import normalise
+from .manifest import tool_versions
 from .model_folder import LABELS, Manifest, ModelFolder, write_folder, write_labels
 from .names import DIMA806_SCIENTIFIC, species_from_label, with_scientific_names
 from .optional import require
@@ -31,6 +31,7 @@ DEFAULT_MODEL = "dima806/bird_sounds_classification"
 LOGIT_TOLERANCE = 1e-3
 PREPROCESSING_TOLERANCE = 1e-4
 PARITY_WINDOWS = 6
+EXPORT_TOOLS = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy")
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def export_model(options: ExportOptions) -> ModelFolder:
             name=name, sample_rate=rate, window_seconds=options.window_seconds,
             input_name="input_values", output_name="logits", normalisation=normalisation,
             activation="softmax", source=_source_info(options.source, config),
-            licence=_licence(options.source), variants=variants, tools=tool_versions(),
+            licence=_licence(options.source), variants=variants, tools=tool_versions(EXPORT_TOOLS),
             verification=verification)
         folder = write_folder(staging, output, manifest)
     log.info("exported %s to %s (%d labels, max |ONNX - PyTorch| = %.2g)", options.source, output,
@@ -185,11 +186,3 @@ def _licence(source: str) -> str:
         return "unknown"
 
 
-def tool_versions() -> dict[str, str]:
-    versions = {}
-    for package in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions

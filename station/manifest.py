@@ -4,10 +4,11 @@ No file access here: `model_folder` reads the bytes and checks the files the man
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from .errors import ModelError
 
@@ -196,3 +197,14 @@ def _range_model(fields: _Fields) -> dict[str, Any]:
         fields.file_name("file"), fields.text("input"), fields.text("output")
         fields.number("threshold", lambda t: 0 <= t <= 1, "0 to 1", default=0.0)
     return fields.data
+
+
+def tool_versions(packages: Iterable[str]) -> dict[str, str]:
+    """The installed versions of the tools that made a model folder (for its manifest); absent ones left out."""
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
