@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 import tempfile
 import threading
@@ -94,16 +93,17 @@ def event_costs(audio: np.ndarray, rate: int, folder: Path) -> dict[str, dict[fl
 def prune_costs(folder: Path, clips: int = 10_000) -> tuple[float, float, int]:
     db_path = folder.with_name("prune.db")
     db = connect(db_path)
-    db.execute("ALTER TABLE detections ADD COLUMN clip_pruned TEXT") if "clip_pruned" not in {
-        c.name for c in db["detections"].columns} else None
+    if "clip_pruned" not in {c.name for c in db["detections"].columns}:  # until the store's migration adds it
+        db.execute("ALTER TABLE detections ADD COLUMN clip_pruned TEXT")
     rows = []
     for i in range(clips):
         when = T0 + timedelta(seconds=20 * i)
         relative = f"{when:%Y-%m-%d}/species-{i % 40}/{when:%H%M%S}_{i:08x}.flac"
         (folder / relative).parent.mkdir(parents=True, exist_ok=True)
         (folder / relative).write_bytes(b"\0" * 1000)
-        rows.append({"id": f"{i:016x}", "station": "st", "source": "mic", "model": "m", "label": f"s{i % 40}",
-                     "scientific_name": f"s{i % 40}", "common_name": f"s{i % 40}", "confidence": (i * 7919 % 1000) / 1000,
+        species = f"s{i % 40}"
+        rows.append({"id": f"{i:016x}", "station": "st", "source": "mic", "model": "m", "label": species,
+                     "scientific_name": species, "common_name": species, "confidence": (i * 7919 % 1000) / 1000,
                      "start_time": iso(when), "end_time": iso(when), "status": "closed", "clip_path": relative})
     with write_transaction(db):
         db["detections"].insert_all(rows)
@@ -173,7 +173,8 @@ def main() -> None:
 def report_chorus(chorus: dict, per_rate: dict, scan: float, args) -> None:
     hours = chorus["seconds"] / 3600
     events_per_s = chorus["events"] / chorus["seconds"]
-    print(f"dawn chorus (BLKFR, {chorus['seconds']:.0f} s, threshold {args.threshold}, pre/post {args.pre}/{args.post} s): "
+    print(f"dawn chorus (BLKFR, {chorus['seconds']:.0f} s, threshold {args.threshold}, "
+          f"pre/post {args.pre}/{args.post} s): "
           f"{chorus['events']} clips, {chorus['clip_seconds']:.0f} s of clips, {chorus['bytes'] / 2**20:.1f} MB: "
           f"{chorus['bytes'] / 2**20 / hours:.0f} MB per hour ({chorus['clip_seconds'] / chorus['seconds']:.2f} s of "
           f"clip per second heard)")

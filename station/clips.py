@@ -195,7 +195,8 @@ class ClipWriter:
     def __init__(self, folder: Path | str, format: str = "flac", spectrogram: bool = False,
                  min_free_mb: float = 200.0, subtype: str = "PCM_16"):
         if format not in FORMATS or subtype not in FORMATS[format][1]:
-            raise ValueError(f"clip format {format}/{subtype}: use flac (PCM_16, PCM_24) or wav (PCM_16, PCM_24, FLOAT)")
+            raise ValueError(f"clip format {format}/{subtype}: use flac (PCM_16, PCM_24) "
+                             "or wav (PCM_16, PCM_24, FLOAT)")
         self.folder = Path(folder)
         self.format, self.subtype = format, subtype
         self.spectrogram = spectrogram

@@ -61,6 +61,18 @@ def spectrogram_png(samples: np.ndarray, rate: int, out_path: Path | str) -> Pat
     return out_path
 
 
+def spectrogram_of_clip(clip: Path | str, redraw: bool = False) -> Path:
+    """The PNG beside a clip file, drawn now unless it is there already (`station clips show`)."""
+    import soundfile as sf
+
+    clip = Path(clip)
+    png = clip.with_suffix(".png")
+    if redraw or not png.exists():
+        samples, rate = sf.read(clip, dtype="float32", always_2d=True)
+        spectrogram_png(samples.mean(axis=1), rate, png)
+    return png
+
+
 def spectrogram_image(samples: np.ndarray, rate: int):
     """A PIL image: the spectrogram with kHz on the left and seconds below."""
     pil_image, pil_draw = _pillow()

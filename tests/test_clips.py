@@ -135,6 +135,24 @@ def test_a_clip_is_written_atomically_with_its_spectrogram(tmp_path):
     assert writer.written == 1 and writer.refused == 0
 
 
+def test_a_spectrogram_is_drawn_on_demand_for_a_clip_without_one(tmp_path):
+    pytest.importorskip("PIL", reason="spectrograms need Pillow")
+    from PIL import Image
+
+    from station.spectrogram import spectrogram_of_clip
+
+    samples = (0.3 * np.sin(2 * np.pi * 3000 * np.arange(2 * RATE) / RATE)).astype(np.float32)
+    clip = tmp_path / ClipWriter(tmp_path, min_free_mb=0).write("ab" * 8, "Owl", T0, samples, RATE)
+    png = spectrogram_of_clip(clip)
+    assert png == clip.with_suffix(".png")
+    image = Image.open(png)
+    width, height = image.size
+    assert width == 34 + 201 and height == 14 + 257  # 100 columns a second; 512-point FFT at 22.05 kHz
+    pixels = np.array(image.convert("L"))[:257, 34:]
+    loudest_row = int(np.argmax(pixels[:, 100]))
+    assert abs((256 - loudest_row) * RATE / 512 - 3000) < RATE / 512  # the 3 kHz tone, where it belongs
+
+
 def test_no_clip_when_the_disk_is_nearly_full_said_once_and_again_when_there_is_room(tmp_path, caplog):
     writer = ClipWriter(tmp_path, min_free_mb=10 ** 9)  # a petabyte floor: never enough room
     samples = np.zeros(RATE, np.float32)

@@ -53,8 +53,8 @@ def test_every_listed_genus_is_in_birdnet_and_holds_no_bird_name(birdnet_labels)
 
 def test_frogmouths_cicadabirds_and_bat_falcons_are_birds(birdnet_labels):
     for label in ("Podargus strigoides_Tawny Frogmouth", "Edolisoma tenuirostre_Common Cicadabird",
-                  "Falco rufigularis_Bat Falcon", "Piaya cayana_Squirrel Cuckoo", "Locustella naevia_Common Grasshopper-Warbler",
-                  "Strix aluco_Tawny Owl"):
+                  "Falco rufigularis_Bat Falcon", "Piaya cayana_Squirrel Cuckoo",
+                  "Locustella naevia_Common Grasshopper-Warbler", "Strix aluco_Tawny Owl"):
         assert label in birdnet_labels and is_bird(label), label
 
 
