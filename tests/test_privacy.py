@@ -3,8 +3,9 @@
 Real BirdNET scores (3 s windows, 1.5 s hop) on the shared recordings, measured here:
 the café recording (blanket_coffee-shop.ogg, restaurant babble) scores "Human vocal"
 0.16-0.63 in every window (7 of 10 windows >= 0.3, 2 >= 0.5); the clean single-speaker
-studio utterance (p286_011_speech.wav, VCTK) scores at most 0.004 in its windows (also at 3x
-and 10x gain, or mixed into the BLKFR soundscape), and ranks below the 25 best labels: BirdNET does not hear it as a person at all, so no
+studio utterance (p286_011_speech.wav, VCTK) scores at most 0.004 in its windows and ranks
+below the 25 best labels (at 3x or 10x gain still 0.004; mixed into the BLKFR soundscape 0.03;
+resampled through 16 kHz 0.09; over the café, whose babble BirdNET hears, 0.54): BirdNET does not hear it as a person at all, so no
 score threshold on BirdNET's human classes can keep it out. The filter is only as good as
 the model's human classes.
 """
