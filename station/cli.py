@@ -13,7 +13,6 @@ from .config import Settings, load_settings
 from .config_check import ALERT_TYPES
 from .errors import ConfigError, StationError
 
-log = logging.getLogger("station")
 
 EXIT_INTERRUPTED = 130
 EXIT_READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away

@@ -128,3 +128,16 @@ def _isatty(stream) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def terminal_bar(total: int, desc: str, enabled: bool | None = None):
+    """A tqdm bar of `total` steps on a terminal (the companion extra), else None: pipes and logs get no bar."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled or not total:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="file", desc=desc)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
@@ -26,6 +25,7 @@ from .config import Settings
 from .errors import StationError
 from .inference import OnnxClassifier
 from .metrics import Metrics, compute
+from .progress import terminal_bar
 from .names import LabelIndex
 from .sources import FileSource
 from .store import Store
@@ -160,12 +160,17 @@ def validate(clips: Iterable[Clip], classifier: OnnxClassifier, settings: Settin
     index = LabelIndex(classifier.labels)
     results = []
     alerts = AlertPass(settings, rare_species)
+    bar = terminal_bar(len(clips), "validating", progress)
     try:
-        for clip in _progress(clips, progress):
+        for clip in clips:
             truth = index.match(clip.scientific_name, clip.common_name) if clip.kind == "species" else None
             results.append(score_clip(clip, classifier, settings, truth, alerts))
+            if bar is not None:
+                bar.update(1)
     finally:
         alerts.close()
+        if bar is not None:
+            bar.close()
     unmatched = sorted({f"{r.clip.scientific_name} ({r.clip.common_name})" for r in results
                         if r.clip.kind == "species" and r.truth is None})
     if unmatched:
@@ -180,13 +185,3 @@ def metrics_of(results: Sequence[FileResult], labels: Sequence[Species]) -> Metr
                    [[s.label for s, _ in r.ranking(labels, 3)] for r in evaluable])
 
 
-def _progress(items: list, enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, unit="file", desc="validating")

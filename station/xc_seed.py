@@ -12,13 +12,13 @@ import asyncio
 import csv
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import sqlite_utils
 
+from .progress import terminal_bar
 from .xc_api import QUALITY_ORDER, Recording, XenoCantoClient, XenoCantoError, mask, quote
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _queries(options: SeedOptions) -> list[str]:
 
 async def _download_all(http, client, recordings, options, progress) -> list[str]:
     limit = asyncio.Semaphore(options.concurrency)
-    bar = _progress_bar(len(recordings), progress)
+    bar = terminal_bar(len(recordings), "downloading", progress)
 
     async def one(recording: Recording) -> str:
         async with limit:
@@ -205,13 +205,3 @@ def record_in_database(recordings: list[Recording], out: Path, database: Path) -
         db.conn.close()
 
 
-def _progress_bar(total: int, enabled: bool | None):
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled or not total:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="file", desc="downloading")
