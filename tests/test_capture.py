@@ -13,6 +13,7 @@ import soundfile as sf
 import soxr
 
 from conftest import write_config
+from helpers import wait_for
 from station.errors import DeviceError
 from station.capture import DropOldestQueue, MicSource
 from station.detection import Detector, SpeciesFilter
@@ -47,14 +48,6 @@ def recording_at_16k(path, seconds: float, out) -> np.ndarray:
     return audio
 
 
-def wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_live_capture_yields_the_same_windows_as_replaying_the_file(virtual_mic, tiny_model, gwwa, tmp_path):
     played = recording_at_16k(gwwa, 10.0, tmp_path / "played.wav")
     mic = MicSource("pulse", RATE, 1, block_seconds=0.1)
@@ -66,13 +59,13 @@ def test_live_capture_yields_the_same_windows_as_replaying_the_file(virtual_mic,
                         store.start_run("st", "run", "m"), stop)
     worker = threading.Thread(target=pipeline.run)
     worker.start()
-    wait_for(lambda: mic.connected, 10, "the microphone to open")
+    assert wait_for(lambda: mic.connected, 10, 0.05), "the microphone to open"
     time.sleep(0.3)
     virtual_mic.play(tmp_path / "played.wav").wait(timeout=60)
-    wait_for(lambda: pipeline.counters.audio_seconds > 0 and classifier.windows
-             and classifier.windows[-1].end_offset > pipeline.counters.audio_seconds - 4
-             and pipeline.counters.audio_seconds * RATE > lead_in(classifier) + len(played) + 3 * RATE,
-             30, "the played audio to be classified")
+    assert wait_for(lambda: pipeline.counters.audio_seconds > 0 and classifier.windows
+                    and classifier.windows[-1].end_offset > pipeline.counters.audio_seconds - 4
+                    and pipeline.counters.audio_seconds * RATE > lead_in(classifier) + len(played) + 3 * RATE,
+                    30, 0.05), "the played audio to be classified"
     stop.set()
     worker.join(30)
     assert not worker.is_alive()
@@ -117,12 +110,12 @@ def test_a_lost_device_is_reopened_and_capture_goes_on(virtual_mic, caplog):
     worker = threading.Thread(target=consume)
     with caplog.at_level(logging.INFO, logger="station.capture"):
         worker.start()
-        wait_for(lambda: len(chunks) > 3, 10, "audio from the microphone")
+        assert wait_for(lambda: len(chunks) > 3, 10, 0.05), "audio from the microphone"
         virtual_mic.stop()
-        wait_for(lambda: mic.counters.device_losses >= 1, 20, "the loss to be noticed")
+        assert wait_for(lambda: mic.counters.device_losses >= 1, 20, 0.05), "the loss to be noticed"
         lost_at = time.monotonic()
         virtual_mic.start()
-        wait_for(lambda: chunks and chunks[-1][0] > lost_at + 0.5, 30, "audio after the device came back")
+        assert wait_for(lambda: chunks and chunks[-1][0] > lost_at + 0.5, 30, 0.05), "audio after the device came back"
         stop.set()
         worker.join(10)
     assert not worker.is_alive()

@@ -14,6 +14,7 @@ import jsonschema
 import pytest
 
 from conftest import REPO, T0, station_cli, tone, write_config
+from helpers import rows
 from mosquitto import Mosquitto, Subscriber, make_test_ca
 from station.config import MqttSettings, Settings
 from station.messages import Topics
@@ -41,11 +42,6 @@ def mqtt_config(port: int, extra: str = "") -> str:
     return (f"station:\n  id: st1\ndetection:\n  threshold: 0.3\nmqtt:\n  enabled: true\n  port: {port}\n"
             f"  reconnect_max_seconds: 2\n{extra}")
 
-
-def rows(db, sql):
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql)]
 
 
 def test_a_replay_publishes_every_detection_and_alert_valid_against_the_schemas(broker, tiny_model, gwwa, tmp_path):

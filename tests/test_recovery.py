@@ -9,15 +9,11 @@ import time
 import soundfile as sf
 
 from conftest import REPO, station_cli, tone, write_config
+from helpers import rows
 from mosquitto import Mosquitto, Subscriber
 
 CONFIG = "station:\n  id: st1\ndetection:\n  threshold: 0.3\n"
 
-
-def rows(db, sql):
-    with sqlite3.connect(db) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql)]
 
 
 def test_replaying_the_same_audio_again_gives_the_same_events_and_no_new_alerts(tiny_model, gwwa, tmp_path):

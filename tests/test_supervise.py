@@ -3,14 +3,8 @@ import logging
 import threading
 import time
 
+from helpers import wait_for
 from station.supervise import Supervisor
-
-
-def wait_until(condition, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def test_a_failing_loop_is_logged_once_and_restarted(caplog):
@@ -26,7 +20,7 @@ def test_a_failing_loop_is_logged_once_and_restarted(caplog):
         stop.wait()
 
     supervisor.start("flaky", loop)
-    wait_until(lambda: len(runs) == 3)
+    assert wait_for(lambda: len(runs) == 3, 10, 0.01)
     supervisor.stop()
     assert supervisor.restarts["flaky"] == 2 and supervisor.gave_up is None and not stop_process.is_set()
     tracebacks = [r for r in caplog.records if r.exc_info]
@@ -44,7 +38,7 @@ def test_a_loop_that_returns_early_counts_as_a_failure():
             stop.wait()
 
     supervisor.start("quitter", loop)
-    wait_until(lambda: len(runs) == 2)
+    assert wait_for(lambda: len(runs) == 2, 10, 0.01)
     supervisor.stop()
     assert supervisor.restarts["quitter"] == 1
 
