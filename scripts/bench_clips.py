@@ -33,12 +33,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from station.clips import ClipBuffer, ClipWriter  # noqa: E402
-from station.decode import open_audio  # noqa: E402
-from station.prune import ClipPruner  # noqa: E402
-from station.spectrogram import spectrogram_png  # noqa: E402
-from station.store import connect, iso, write_transaction  # noqa: E402
-from station.types import AudioChunk  # noqa: E402
+from station.clips import ClipBuffer, ClipWriter
+from station.decode import open_audio
+from station.prune import ClipPruner
+from station.spectrogram import spectrogram_png
+from station.store import connect, iso, write_transaction
+from station.types import AudioChunk
 
 T0 = datetime(2026, 5, 1, 5, 0, tzinfo=timezone.utc)
 SOUNDSCAPE = "audio/soundscapes/BLKFR-10-CPL_20190611_093000.mp3"

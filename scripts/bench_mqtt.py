@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from mosquitto import Mosquitto, Subscriber  # noqa: E402
-
 from station.app import run_pipeline  # noqa: E402
 from station.config import MqttSettings, Settings  # noqa: E402
 from station.messages import Topics  # noqa: E402

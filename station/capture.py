@@ -11,10 +11,10 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from threading import Event
-from typing import Iterator
 
 import numpy as np
 

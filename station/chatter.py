@@ -23,7 +23,7 @@ import re
 import sys
 import threading
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 

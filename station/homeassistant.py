@@ -9,7 +9,7 @@ announces itself `online` on `<discovery_prefix>/status`.
 from __future__ import annotations
 
 from . import __version__
-from .messages import ONLINE, OFFLINE, Topics, encode
+from .messages import OFFLINE, ONLINE, Topics, encode
 
 HEALTH_SENSORS = [
     # key, name, unit, device_class

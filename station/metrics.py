@@ -6,8 +6,8 @@ macro averages weigh classes equally, weighted averages by their true support.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

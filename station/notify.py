@@ -29,7 +29,7 @@ class Notifier:
         self._failed = False
 
     @classmethod
-    def from_environment(cls) -> "Notifier":
+    def from_environment(cls) -> Notifier:
         return cls(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"), os.environ.get("WATCHDOG_PID"))
 
     @property

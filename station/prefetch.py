@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from threading import Event
-from typing import Callable, Iterator
 
 from .types import AudioChunk, Source
 

@@ -11,9 +11,9 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from threading import Event
-from typing import Callable, Iterator
 
 from .types import AudioChunk
 

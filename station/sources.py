@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from threading import Event
-from typing import Iterator
 
 from . import chatter
 from .decode import describe_os_error, open_audio

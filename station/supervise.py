@@ -13,8 +13,8 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class Supervisor:
         self.restarts: dict[str, int] = {}
         self._loops: list[Supervised] = []
 
-    def start(self, name: str, loop: Loop) -> "Supervised":
+    def start(self, name: str, loop: Loop) -> Supervised:
         supervised = Supervised(name, threading.Event())
         supervised.thread = threading.Thread(target=self._keep_alive, args=(supervised, loop), name=name, daemon=True)
         self._loops.append(supervised)
@@ -49,7 +49,7 @@ class Supervisor:
         for supervised in self._loops:
             supervised.stop(max(0.0, deadline - time.monotonic()))
 
-    def _keep_alive(self, supervised: "Supervised", loop: Loop) -> None:
+    def _keep_alive(self, supervised: Supervised, loop: Loop) -> None:
         name, stop = supervised.name, supervised.stop_event
         failures: deque[float] = deque()
         backoff = self.first_backoff

@@ -18,7 +18,7 @@ Labels of other models (dima806's tinamous, say) match neither rule and count as
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .types import Species
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -25,8 +25,8 @@ from .config import Settings
 from .errors import StationError
 from .inference import OnnxClassifier
 from .metrics import Metrics, compute
-from .progress import terminal_bar
 from .names import LabelIndex
+from .progress import terminal_bar
 from .sources import FileSource
 from .store import Store
 from .types import Detection, Scores, Species

@@ -55,7 +55,7 @@ class Recording:
     sample_rate: str
 
     @classmethod
-    def from_json(cls, r: dict, base_scheme: str = "https") -> "Recording":
+    def from_json(cls, r: dict, base_scheme: str = "https") -> Recording:
         file_url = r.get("file") or ""
         if file_url == "restricted_species":
             file_url = ""

@@ -12,9 +12,9 @@ import asyncio
 import csv
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import sqlite_utils
 

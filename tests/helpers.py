@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def rows(db: Path | str, sql: str, *args) -> list[dict]:

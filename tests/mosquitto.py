@@ -51,7 +51,7 @@ class Mosquitto:
         self.config = folder / "mosquitto.conf"
         self.config.write_text("\n".join(lines) + "\n")
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         self.process = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10

@@ -180,6 +180,7 @@ def test_health_rules_device_lost_and_recovered_no_audio_lag_and_disk(tmp_path):
     assert types == ["DEVICE_LOST", "DEVICE_RECOVERED", "NO_AUDIO", "INFERENCE_BEHIND", "DISK_LOW"]
     message = monitor.message(store.db, {**figures, "windows": 3, "detections": 1})
     import jsonschema
+
     from conftest import REPO
     jsonschema.validate(message, json.loads((REPO / "station/schemas/health.schema.json").read_text()))
     assert message["outbox_backlog"] == 5  # each health alert was queued for MQTT

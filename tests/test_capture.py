@@ -14,9 +14,9 @@ import soxr
 
 from conftest import write_config
 from helpers import wait_for
-from station.errors import DeviceError
 from station.capture import DropOldestQueue, MicSource
 from station.detection import Detector, SpeciesFilter
+from station.errors import DeviceError
 from station.inference import OnnxClassifier
 from station.pipeline import Pipeline
 from station.sources import FileSource

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-from contextlib import closing
 import shutil
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest

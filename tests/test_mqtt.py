@@ -2,13 +2,11 @@
 import json
 import logging
 import os
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -18,11 +16,11 @@ from helpers import rows
 from mosquitto import Mosquitto, Subscriber, make_test_ca
 from station.config import MqttSettings, Settings
 from station.messages import Topics
-from station.publish import DetectionPublisher
 from station.mqtt import MqttService
 from station.outbox import enqueue
-from station.supervise import Supervisor
+from station.publish import DetectionPublisher
 from station.store import Store
+from station.supervise import Supervisor
 from station.types import Detection, Species
 
 SCHEMAS = {name: json.loads((REPO / "station" / "schemas" / f"{name}.schema.json").read_text())
@@ -102,7 +100,7 @@ def test_a_broker_outage_loses_nothing_and_keeps_order(broker, tmp_path, caplog)
     assert first_seen == [d.id for d in sent], "every message arrived, first copies in order"
     assert set(received) == set(first_seen)  # duplicates, if any, carry an id already seen
     messages = [r.getMessage() for r in caplog.records if r.name == "station.mqtt"]
-    assert sum("connected" == m.rsplit(": ", 1)[-1] for m in messages) == 2
+    assert sum(m.rsplit(": ", 1)[-1] == "connected" for m in messages) == 2
     assert sum("disconnected" in m for m in messages) == 1
     assert sum("unreachable" in m for m in messages) <= 1, "one line per state change, not per attempt"
     subscriber.close()

@@ -33,7 +33,7 @@ class NotifySocket:
         while not self._stop.is_set():
             try:
                 self.messages.append(self.sock.recv(4096).decode().split("\n"))
-            except socket.timeout:
+            except TimeoutError:
                 continue
 
     def fields(self) -> list[str]:

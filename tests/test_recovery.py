@@ -1,7 +1,6 @@
 """After a crash: recovered events are published, and replaying the same audio again changes nothing."""
 import json
 import signal
-import sqlite3
 import subprocess
 import sys
 import time

@@ -1,7 +1,6 @@
 """Background loops are restarted when they fail, and a loop that cannot be kept alive stops the station."""
 import logging
 import threading
-import time
 
 from helpers import wait_for
 from station.supervise import Supervisor

@@ -5,8 +5,16 @@ from pathlib import Path
 import pytest
 
 from station.names import species_from_label
-from station.taxonomy import (NAMED_NON_BIRDS, NON_BIRD_GENERA, groups, is_bird, label_group, non_bird_labels,
-                              readable_name, readable_species)
+from station.taxonomy import (
+    NAMED_NON_BIRDS,
+    NON_BIRD_GENERA,
+    groups,
+    is_bird,
+    label_group,
+    non_bird_labels,
+    readable_name,
+    readable_species,
+)
 from station.types import Species
 
 # The last word of the common name of each of BirdNET's 90 non-bird animals: a second rule,

@@ -1,7 +1,8 @@
+import threading
+
 import numpy as np
 import pytest
 import soundfile as sf
-import threading
 
 from conftest import T0, tone
 from station.sources import FileSource
