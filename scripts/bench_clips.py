@@ -78,16 +78,24 @@ def event_costs(audio: np.ndarray, rate: int, folder: Path) -> dict[str, dict[fl
     writer = ClipWriter(folder, min_free_mb=0)
     costs: dict[str, dict[float, float]] = {"cut": {}, "flac": {}, "png": {}, "flac_kb": {}, "png_kb": {}}
     for seconds in (3.0, 6.5, 15.0):
-        cut = buffer.cut("mic", 20.0, 20.0 + seconds)
-        costs["cut"][seconds] = best_of(5, lambda: buffer.cut("mic", 20.0, 20.0 + seconds))
-        paths = []
-        costs["flac"][seconds] = best_of(5, lambda: paths.append(
-            writer.write(f"{len(paths):016x}", "bench", T0, cut.samples, rate)))
-        png = folder / f"bench-{rate}-{seconds}.png"
-        costs["png"][seconds] = best_of(5, lambda: spectrogram_png(cut.samples, rate, png))
-        costs["flac_kb"][seconds] = (folder / paths[-1]).stat().st_size / 1024
-        costs["png_kb"][seconds] = png.stat().st_size / 1024
+        for name, figure in one_event_costs(buffer, writer, rate, folder, seconds).items():
+            costs[name][seconds] = figure
     return costs
+
+
+def one_event_costs(buffer: ClipBuffer, writer: ClipWriter, rate: int, folder: Path,
+                    seconds: float) -> dict[str, float]:
+    """Cut, FLAC and PNG of one event `seconds` long: best CPU seconds of 5, and the two files' sizes in kB."""
+    cut = buffer.cut("mic", 20.0, 20.0 + seconds)
+    figures = {"cut": best_of(5, lambda: buffer.cut("mic", 20.0, 20.0 + seconds))}
+    paths = []
+    figures["flac"] = best_of(5, lambda: paths.append(
+        writer.write(f"{len(paths):016x}", "bench", T0, cut.samples, rate)))
+    png = folder / f"bench-{rate}-{seconds}.png"
+    figures["png"] = best_of(5, lambda: spectrogram_png(cut.samples, rate, png))
+    figures["flac_kb"] = (folder / paths[-1]).stat().st_size / 1024
+    figures["png_kb"] = png.stat().st_size / 1024
+    return figures
 
 
 def prune_costs(folder: Path, clips: int = 10_000) -> tuple[float, float, int]:

@@ -70,7 +70,8 @@ def bench_folder(folder: Path, repeat: int) -> None:
     loaded = load_folder(folder)
     sizes = {name: (folder / name).stat().st_size / 1e6 for name in loaded.manifest.files}
     print(f"{folder}: {len(sizes)} files, {sum(sizes.values()):.1f} MB")
-    print(f"  load_folder (all sha256s, labels): {best_of(repeat, lambda: load_folder(folder)):.3f} s (best of {repeat})")
+    load_seconds = best_of(repeat, lambda: load_folder(folder))
+    print(f"  load_folder (all sha256s, labels): {load_seconds:.3f} s (best of {repeat})")
     for name, size in sorted(sizes.items()):
         if name.endswith(".onnx"):
             print(f" {name} ({size:.1f} MB)")

@@ -39,7 +39,7 @@ DEFAULT_AUDIO = REPO.parent / "shared" / "data" / "audio" / "birds_misc" / "XC13
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def latency(model: Path, audio: Path, seconds: float, workdir: Path) -> dict:
