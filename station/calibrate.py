@@ -57,7 +57,8 @@ def snippet(thresholds: list[Threshold], target_precision: float, source: str) -
     body = {t.label: round(t.threshold, 4) for t in thresholds}
     notes = [f"#   {t.label}: precision {t.precision:.2f}, recall {t.recall:.2f}, {t.positives} files"
              for t in thresholds]
-    return "\n".join(header + notes) + "\n" + (yaml.safe_dump(body, sort_keys=True, allow_unicode=True) if body else "{}\n")
+    thresholds_yaml = yaml.safe_dump(body, sort_keys=True, allow_unicode=True) if body else "{}\n"
+    return "\n".join(header + notes) + "\n" + thresholds_yaml
 
 
 def load_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -175,10 +175,10 @@ class _Scan:
             self._duplicates(node, loc)
             for k, v in node.value:
                 yield k, loc
-                yield v, loc + (_key_text(k),)
+                yield v, (*loc, _key_text(k))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                yield item, loc + (i,)
+                yield item, (*loc, i)
         elif node.tag in NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
             self.problems.append(Problem(loc, f"number too long ({len(node.value)} characters)",
                                          node.start_mark.line + 1))
@@ -191,7 +191,7 @@ class _Scan:
                 continue
             line = k.start_mark.line + 1
             if (k.tag, k.value) in first:
-                self.problems.append(Problem(loc + (k.value,), f"duplicate key (first at line "
+                self.problems.append(Problem((*loc, k.value), f"duplicate key (first at line "
                                                                f"{first[(k.tag, k.value)]}); remove one", line))
             else:
                 first[(k.tag, k.value)] = line

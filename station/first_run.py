@@ -57,7 +57,8 @@ def ensure_model(path: Path) -> str:
     step = plan(path)
     if step is Plan.EXPORT_BY_HAND:
         raise ModelError(f"{path}: no model folder here. Build one with `station model convert-birdnet --out {path}` "
-                         f"(BirdNET, offline) or `station model export dima806/bird_sounds_classification --out {path}` "
+                         "(BirdNET, offline) or "
+                         f"`station model export dima806/bird_sounds_classification --out {path}` "
                          "(the notebook's model; needs the export extra and the Hugging Face hub once)")
     if step is Plan.NEEDS_CONVERT_TOOLS:
         raise ModelError(f"{path}: no model folder yet; building BirdNET v2.4 needs the convert extra "

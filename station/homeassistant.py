@@ -3,8 +3,9 @@
 Config topics are retained; every entity shares the station's availability (status)
 topic; the detection event entity is fed by the (not retained) detections topic, whose
 payload carries `event_type`. Entity ids are suggested with `default_entity_id`
-("<domain>.<id>"): Home Assistant deprecated `object_id` in 2025.10 and ignores it since 2026.4. The configs are published again whenever Home Assistant
-announces itself `online` on `<discovery_prefix>/status`.
+("<domain>.<id>"): Home Assistant deprecated `object_id` in 2025.10 and ignores it since 2026.4.
+The configs are published again whenever Home Assistant announces itself `online` on
+`<discovery_prefix>/status`.
 """
 from __future__ import annotations
 

@@ -70,7 +70,8 @@ class RangeFilter:
         if week != self._week:
             self._week = week
             self._allowed = {s.label for s, _ in self.species(week)}
-            log.info("range filter: %d species at (%.2f, %.2f) in week %d", len(self._allowed), self.lat, self.lon, week)
+            log.info("range filter: %d species at (%.2f, %.2f) in week %d",
+                     len(self._allowed), self.lat, self.lon, week)
         if species.label in self._allowed or self._kept(species):
             return True
         if (week, species.label) not in self._reported:

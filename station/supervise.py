@@ -84,7 +84,8 @@ class Supervisor:
 
     def _give_up(self, name: str, exc: Exception, count: int) -> None:
         self.gave_up = (f"the {name} thread failed {count} times in {self.window_seconds:.0f} s "
-                        f"(last: {type(exc).__name__}: {exc}); stopping so that the service manager restarts the station")
+                        f"(last: {type(exc).__name__}: {exc}); "
+                        "stopping so that the service manager restarts the station")
         log.critical("%s", self.gave_up)
         self.stop_process.set()
 

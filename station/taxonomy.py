@@ -84,7 +84,7 @@ def is_bird(label: str | Species) -> bool:
 
 def non_bird_labels(labels: Iterable[str | Species]) -> set[str]:
     """The labels (as the labels file has them) that are not birds."""
-    return {(l.label if isinstance(l, Species) else l) for l in labels if not is_bird(l)}
+    return {(label.label if isinstance(label, Species) else label) for label in labels if not is_bird(label)}
 
 
 def groups(labels: Iterable[str | Species]) -> dict[str, list[str]]:
