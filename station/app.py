@@ -9,8 +9,8 @@ from threading import Event
 from typing import Iterator
 
 from .alerts import AlertEngine
-from .builders import (build_classifier, build_detector, build_mic_source,  # noqa: F401 (the CLI imports them here)
-                       build_replay_source, build_windower)
+from .builders import (build_classifier, build_detector, build_evidence, build_mic_source,  # noqa: F401 (the CLI imports them here)
+                       build_privacy, build_pruner, build_replay_source, build_windower)
 from .config import Settings, read_secret
 from .errors import StationError
 from .health import HealthMonitor
@@ -91,10 +91,12 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
         run_id = store.start_run(settings.station.id, command, classifier.model_name)
         log.info("%s: %s -> %s (model %s, run %d)", command, source.name,
                  settings.storage.database, classifier.model_name, run_id)
+        privacy = build_privacy(settings, classifier)
         pipeline = Pipeline(
             source, build_windower(settings, classifier), classifier,
             detector, store, run_id, stop, listeners=listeners,
-            summary_seconds=settings.logging.summary_seconds, notifier=Notifier.from_environment())
+            summary_seconds=settings.logging.summary_seconds, notifier=Notifier.from_environment(),
+            privacy=privacy, evidence=build_evidence(settings, privacy))
         mqtt = start_mqtt(settings, topics, classifier.model_name, supervisor) if topics else None
         if mqtt:
             store.after_commit.append(mqtt.wake)
@@ -104,6 +106,9 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
             publish_seconds=settings.mqtt.health_seconds)
         health.start(supervisor)
         supervisor.start("summary", lambda stop: pipeline.summary_loop(settings.storage.database, stop))
+        pruner = build_pruner(settings)
+        if pruner is not None:
+            supervisor.start("clip-pruner", pruner.loop)
         counters = pipeline.run()
         if supervisor.gave_up:
             store.update_run(run_id, {}, status="failed")

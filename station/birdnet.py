@@ -23,6 +23,8 @@ from .export import parity_windows
 from .manifest import tool_versions
 from .model_folder import LABELS, Manifest, ModelFolder, write_folder, write_labels
 from .names import species_from_label
+from .taxonomy import groups as label_groups
+from .taxonomy import readable_species
 from .optional import require
 
 log = logging.getLogger(__name__)
@@ -238,7 +240,7 @@ def convert_birdnet(out: Path, from_path: Path | None = None, audio_windows: np.
             step("quantising the final layer to int8 and measuring its agreement on %d windows", len(windows))
         variants = {"int8": quantize_final_layer(staging / "model.onnx", staging / "model.int8.onnx", windows)} \
             if int8 else {}
-        labels = [species_from_label(line.strip()) for line in
+        labels = [readable_species(species_from_label(line.strip())) for line in
                   files["labels"].read_text(encoding="utf-8").splitlines() if line.strip()]
         write_labels(staging / LABELS, labels)
         manifest = Manifest(
@@ -248,7 +250,7 @@ def convert_birdnet(out: Path, from_path: Path | None = None, audio_windows: np.
                     "file": CLASSIFIER,
                     "converter": "tf2onnx from_tflite, opset 17; RFFT2D + real part folded into the mel MatMul"},
             licence=LICENCE, tools=tool_versions(CONVERT_TOOLS), verification=verification, range_model=range_check,
-            variants=variants)
+            variants=variants, label_groups=label_groups(labels))
         folder = write_folder(staging, out, manifest)
     step.done("converted and verified (max logit difference %.2g)", verification["max_abs_logit_diff"])
     return folder

@@ -9,10 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .capture import MicSource
+from .clips import ClipBuffer, ClipWriter
 from .config import Settings
 from .detection import Detector, SpeciesFilter
+from .evidence import Evidence
 from .inference import OnnxClassifier
+from .privacy import PrivacyFilter
 from .progress import ReplayProgress
+from .prune import ClipPruner
 from .range_filter import RangeFilter
 from .sources import DirectorySource, FileSource
 from .windowing import Windower
@@ -33,7 +37,8 @@ def build_windower(settings: Settings, classifier: OnnxClassifier) -> Windower:
 
 def build_detector(settings: Settings, classifier: OnnxClassifier) -> Detector:
     d, where = settings.detection, settings.location
-    species_filter = SpeciesFilter(d.threshold, d.species_thresholds, d.include, d.exclude)
+    blocked = classifier.folder.non_bird_labels if d.classes == "birds" else frozenset()
+    species_filter = SpeciesFilter(d.threshold, d.species_thresholds, d.include, d.exclude, blocked)
     range_filter = None
     if where.enabled:
         range_filter = RangeFilter(classifier.folder, where.lat, where.lon, where.threshold, where.keep, where.week)
@@ -55,3 +60,32 @@ def build_mic_source(settings: Settings) -> MicSource:
     a = settings.audio
     return MicSource(a.device, a.sample_rate, a.channels, a.block_seconds, a.queue_seconds,
                      a.reconnect_max_seconds, a.stall_seconds, a.wait_for_device)
+
+
+def build_privacy(settings: Settings, classifier: OnnxClassifier) -> PrivacyFilter | None:
+    """The privacy filter, for a model that has a human class (BirdNET); None when off or pointless."""
+    p = settings.privacy
+    filter_ = PrivacyFilter(p.human_labels, p.threshold) if p.enabled else None
+    if filter_ is None or not any(filter_.is_human_label(s) for s in classifier.labels):
+        return None
+    return filter_
+
+
+def clips_folder(settings: Settings) -> Path:
+    return settings.clips.folder or Path(settings.storage.database).parent / "clips"
+
+
+def build_evidence(settings: Settings, privacy: PrivacyFilter | None) -> Evidence | None:
+    c = settings.clips
+    if not c.enabled:
+        return None
+    writer = ClipWriter(clips_folder(settings), c.format, c.spectrogram, c.min_free_mb, c.subtype)
+    return Evidence(ClipBuffer(c.buffer_seconds), writer, privacy, c.pre_roll_seconds, c.post_roll_seconds)
+
+
+def build_pruner(settings: Settings) -> ClipPruner | None:
+    c = settings.clips
+    if not c.enabled or (c.max_disk_mb is None and c.max_disk_percent is None):
+        return None
+    return ClipPruner(settings.storage.database, clips_folder(settings), c.max_disk_mb, c.max_disk_percent,
+                      c.keep_best_per_species, interval_seconds=c.prune_seconds)

@@ -203,6 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
                            help="YAML for detection.thresholds_file (default ./thresholds.yaml; "
                                 "a missing folder is created)")
 
+    clips = _command(commands, "clips", cmd_clips, "recent detections' audio clips, with species and score")
+    _config_option(clips)
+    clips.add_argument("--db", type=Path, metavar="FILE", help="database file (overrides storage.database)")
+    clips.add_argument("--limit", type=POSITIVE, default=20, help="rows to show (default 20)")
+    clips.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    clips_commands = clips.add_subparsers(title="clips commands", metavar="COMMAND")
+    show = _command(clips_commands, "show", cmd_clips_show,
+                    "print a detection's clip file and write its spectrogram (PNG) beside it")
+    show.add_argument("id", help="the detection id (the first characters are enough)")
+    _config_option(show)
+    show.add_argument("--db", type=Path, metavar="FILE", help="database file (overrides storage.database)")
+
     alerts = _command(commands, "alerts", cmd_alerts, "recent alerts as a table")
     _config_option(alerts)
     alerts.add_argument("--db", type=Path, metavar="FILE", help="database file (overrides storage.database)")
@@ -393,6 +405,33 @@ def cmd_detections(args) -> int:
 
 def cmd_alerts(args) -> int:
     return _print_rows(args, lambda store: store.recent_alerts(args.limit, args.type))
+
+
+def cmd_clips(args) -> int:
+    return _print_rows(args, lambda store: store.recent_clips(args.limit))
+
+
+def cmd_clips_show(args) -> int:
+    from .builders import clips_folder
+    from .spectrogram import spectrogram_of_clip
+    from .store import Store
+
+    settings = settings_for(args)
+    if not settings.storage.database.exists():
+        raise StationError(f"{settings.storage.database}: no database yet (run or replay first)")
+    store = Store.open(settings.storage.database)
+    try:
+        found = store.clip_of(args.id)
+    finally:
+        store.close()
+    if found is None:
+        raise StationError(f"no detection {args.id!r} with a clip (station clips lists them)")
+    clip = clips_folder(settings) / found["clip_path"]
+    if not clip.is_file():
+        raise StationError(f"{clip}: the clip is gone from disk")
+    print(clip)
+    print(spectrogram_of_clip(clip))
+    return 0
 
 
 def _print_rows(args, query) -> int:

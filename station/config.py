@@ -81,6 +81,7 @@ class DetectionSettings(Section):
     include: list[str] = []
     exclude: list[str] = []
     merge_gap_seconds: float = Field(0.0, ge=0.0)
+    classes: Literal["birds", "all"] = "birds"  # birds: a model's non-bird classes (Dog, Engine, frogs ...) are not detected
 
     @field_validator("species_thresholds")
     @classmethod
@@ -170,6 +171,39 @@ class AlertSettings(Section):
         return value
 
 
+class ClipSettings(Section):
+    """An audio clip of each closed event, at the capture rate, under a disk budget that keeps the best."""
+
+    enabled: bool = True
+    folder: FilePath | None = None  # None: "clips" beside the database
+    format: Literal["flac", "wav"] = "flac"
+    subtype: Literal["PCM_16", "PCM_24", "FLOAT"] = "PCM_16"  # FLOAT: wav only, the exact samples of a float source
+    pre_roll_seconds: float = Field(1.0, ge=0.0, le=30.0)
+    post_roll_seconds: float = Field(1.0, ge=0.0, le=30.0)
+    buffer_seconds: float = Field(60.0, ge=5.0, le=600.0)  # recent audio held for cutting clips
+    spectrogram: bool = False  # a PNG beside each clip (12-45 ms each: opt in on a small Pi)
+    min_free_mb: float = Field(200.0, ge=0.0)  # below this free space no clip is written (the database comes first)
+    max_disk_mb: float | None = Field(2000.0, gt=0.0)
+    max_disk_percent: float | None = Field(None, gt=0.0, le=100.0)
+    keep_best_per_species: int = Field(3, ge=0, le=1000)
+    prune_seconds: float = Field(300.0, ge=1.0, le=86400.0)
+
+    @field_validator("subtype")
+    @classmethod
+    def _flac_holds_integers(cls, value: str, info) -> str:
+        if value == "FLOAT" and info.data.get("format") == "flac":
+            raise ValueError("FLAC holds integers only: use PCM_16 or PCM_24, or format: wav for FLOAT")
+        return value
+
+
+class PrivacySettings(Section):
+    """Human voices never reach a clip, the database or a message (unless turned off)."""
+
+    enabled: bool = True
+    threshold: float = Field(0.3, ge=0.0, le=1.0)  # a human class at or above this in a window
+    human_labels: list[str] = ["Human vocal", "Human non-vocal", "Human whistle"]
+
+
 class LoggingSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     summary_seconds: float = Field(60.0, ge=1.0)
@@ -186,6 +220,8 @@ class Settings(Section):
     replay: ReplaySettings = ReplaySettings()
     alerts: AlertSettings = AlertSettings()
     mqtt: MqttSettings = MqttSettings()
+    clips: ClipSettings = ClipSettings()
+    privacy: PrivacySettings = PrivacySettings()
     logging: LoggingSettings = LoggingSettings()
 
 
@@ -322,6 +358,7 @@ def _resolve_paths(settings: Settings, base: Path) -> Settings:
         "model": s.model.model_copy(update={"path": resolve(s.model.path)}),
         "detection": s.detection.model_copy(update={"thresholds_file": resolve(s.detection.thresholds_file)}),
         "mqtt": s.mqtt.model_copy(update={"tls": tls}),
+        "clips": s.clips.model_copy(update={"folder": resolve(s.clips.folder)}),
     })
 
 

@@ -41,8 +41,9 @@ class SpeciesFilter:
     """Include/exclude lists and per-species thresholds, matched on any of a species' names."""
 
     def __init__(self, threshold: float, species_thresholds: dict[str, float],
-                 include: Iterable[str], exclude: Iterable[str]):
+                 include: Iterable[str], exclude: Iterable[str], blocked_labels: Iterable[str] = ()):
         self.threshold = threshold
+        self.blocked_labels = frozenset(blocked_labels)  # never detected: a model's non-bird classes, by label
         self.species_thresholds = {name_key(k): v for k, v in species_thresholds.items()}
         self.include = {name_key(n) for n in include}
         self.exclude = {name_key(n) for n in exclude}
@@ -52,6 +53,8 @@ class SpeciesFilter:
         return {name_key(n) for n in (species.label, species.scientific_name, species.common_name) if n}
 
     def allows(self, species: Species) -> bool:
+        if species.label in self.blocked_labels:
+            return False
         names = self.names(species)
         if self.include and not names & self.include:
             return False

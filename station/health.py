@@ -50,27 +50,30 @@ class HealthMonitor:
             self._loop_handle.stop(10)
 
     def _loop(self, stop: threading.Event) -> None:
-        """Check at once (a disk already low is said before anything is written), then every period."""
+        """Check at once (a disk already low is said before anything is written), then every period,
+        and once more when stopping (a short replay's last state is checked too)."""
         db = connect(self.database)
         next_publish = self.monotonic()
         period = self.settings.check_seconds if self.live else min(self.settings.check_seconds, 1)
+        stopping = False
         try:
             while True:
                 figures = {**self.figures(), "disk_free_mb": self._disk_free_mb()}
                 if self.settings.enabled:
                     with write_transaction(db):
                         self.check(db, figures, datetime.now(timezone.utc))
-                if self.publish and self.topics and self.monotonic() >= next_publish:
+                if self.publish and self.topics and (stopping or self.monotonic() >= next_publish):
                     next_publish = self.monotonic() + self.publish_seconds
                     self.publish(self.topics.health, encode(self.message(db, figures)))
-                if stop.wait(period):
+                if stopping:
                     return
+                stopping = stop.wait(period)
         finally:
             db.conn.close()
 
     def check(self, db, figures: dict, now: datetime) -> None:
         raise_alert = lambda kind, details: self.writer.raise_alert(db, kind, now, details=details)  # noqa: E731
-        if figures["disk_free_mb"] < self.settings.disk_free_mb:
+        if figures["disk_free_mb"] < self.settings.disk_free_mb or figures.get("clips_low_space"):
             raise_alert("DISK_LOW", {"free_mb": round(figures["disk_free_mb"]), "path": str(self.database.parent)})
         if not self.live:
             return

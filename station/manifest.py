@@ -44,6 +44,7 @@ class Manifest:
     range_model: dict[str, Any] = field(default_factory=dict)  # {file, input, output, threshold} (BirdNET)
     resampler: str = "soxr"
     schema: int = MANIFEST_SCHEMA
+    label_groups: dict[str, list[str]] = field(default_factory=dict)  # non-bird labels by group (BirdNET)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class Manifest:
             "output": {"name": self.output_name, "activation": self.activation},
             "labels": LABELS, "files": self.files, "variants": self.variants,
             "tools": self.tools, "verification": self.verification, "range_model": self.range_model,
+            "label_groups": self.label_groups,
         }
 
     @classmethod
@@ -77,7 +79,8 @@ class Manifest:
             source=top.section("source", {}).data, licence=top.text("licence", "unknown", one_line=False),
             files=_files(top.section("files", {})), variants=_variants(top.section("variants", {})),
             tools=top.section("tools", {}).data, verification=top.section("verification", {}).data,
-            range_model=_range_model(top.section("range_model", {})), schema=schema)
+            range_model=_range_model(top.section("range_model", {})), schema=schema,
+            label_groups=_label_groups(top.section("label_groups", {})))
         if round(manifest.window_seconds * manifest.sample_rate) < 1:
             raise ModelError(f"{where}: input.window_seconds {manifest.window_seconds:g} at "
                              f"{manifest.sample_rate} Hz is a window of 0 samples")
@@ -107,6 +110,14 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     except ValueError as exc:  # json.JSONDecodeError, and integers too long to convert
         raise ModelError(f"{where}: not valid JSON ({exc})") from None
     return Manifest.from_json(data, where)
+
+
+def _label_groups(section: "_Fields") -> dict[str, list[str]]:
+    """{group: [label, ...]} for the model's non-bird classes (amphibian, insect, mammal, human, sound)."""
+    for group, labels in section.data.items():
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ModelError(f"{section.where}: label_groups.{group} must be a list of labels")
+    return dict(section.data)
 
 
 class _Fields:

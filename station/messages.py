@@ -13,7 +13,7 @@ from typing import Any
 from .store import iso
 from .types import Detection, Species
 
-DETECTION_SCHEMA = "field-station/detection/2"  # 2: status, published on open
+DETECTION_SCHEMA = "field-station/detection/3"  # 2: status, published on open; 3: clip
 ALERT_SCHEMA = "field-station/alert/1"
 HEALTH_SCHEMA = "field-station/health/1"
 ONLINE, OFFLINE = "online", "offline"
@@ -61,6 +61,8 @@ def detection_payload(det: Detection, first: bool = True) -> dict[str, Any]:
         "start_offset": round(det.start_offset, 3), "end_offset": round(det.end_offset, 3),
         "alternatives": [{"label": label, "score": round(score, 4)} for label, score in det.alternatives],
         "status": det.status,
+        "clip": {"path": det.clip.path, "start_offset": round(det.clip.start_offset, 3),
+                 "end_offset": round(det.clip.end_offset, 3)} if det.clip else None,
     }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from .errors import ModelError
 from .manifest import LABELS, MANIFEST, MODEL, Manifest, parse_manifest  # noqa: F401 (re-exported)
+from .taxonomy import non_bird_labels, readable_species
 from .types import Species
 
 MAX_TEXT_BYTES = 16 << 20  # manifest.json and labels.tsv are read whole; BirdNET's labels are 0.5 MB
@@ -40,6 +41,15 @@ class ModelFolder:
 
     def model_path(self, variant: str = "fp32") -> Path:
         return self.path / self.manifest.model_file(variant)
+
+    @property
+    def non_bird_labels(self) -> frozenset[str]:
+        """The labels that are not birds: as the manifest records them, else as the taxonomy knows them
+        (folders converted before manifests recorded it)."""
+        recorded = self.manifest.label_groups
+        if recorded:
+            return frozenset(label for group in recorded.values() for label in group)
+        return frozenset(non_bird_labels(self.labels))
 
 
 def load_folder(path: Path) -> ModelFolder:
@@ -61,7 +71,7 @@ def load_folder(path: Path) -> ModelFolder:
     for name, digest in sorted(manifest.files.items()):
         if name != LABELS:
             _verify(path / name, digest)
-    return ModelFolder(path, manifest, labels)
+    return ModelFolder(path, manifest, tuple(readable_species(s) for s in labels))
 
 
 def _check_listed(manifest: Manifest, where: Path) -> None:

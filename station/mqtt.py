@@ -141,6 +141,8 @@ class MqttService:
         self._log_state("broker unreachable; retrying with backoff", logging.WARNING)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        if not self.connected.is_set():
+            return  # a refused or failed attempt: its own state line says so, once
         self.connected.clear()
         self._connection_lost_at = datetime.now(timezone.utc)
         if not self._stop.is_set():

@@ -15,7 +15,9 @@ from typing import Sequence
 
 from .detection import Detector
 from .errors import StorageError
+from .evidence import Evidence
 from .notify import Notifier
+from .privacy import PrivacyFilter
 from .store import Store, busy, connect
 from .types import BatchListener, Classifier, Detection, Scores, Source, Window
 from .windowing import Windower
@@ -35,7 +37,8 @@ class Pipeline:
     def __init__(self, source: Source, windower: Windower, classifier: Classifier,
                  detector: Detector, store: Store, run_id: int, stop: Event,
                  listeners: Sequence[BatchListener] = (), summary_seconds: float = 60.0,
-                 notifier: Notifier | None = None):
+                 notifier: Notifier | None = None, privacy: PrivacyFilter | None = None,
+                 evidence: Evidence | None = None):
         self.source = source
         self.windower = windower
         self.classifier = classifier
@@ -46,15 +49,20 @@ class Pipeline:
         self.listeners = list(listeners)
         self.summary_seconds = summary_seconds
         self.notifier = notifier or Notifier()
+        self.privacy = privacy
+        self.evidence = evidence
         self.counters = PipelineCounters()
+        self._unsaved: list[Detection] = []  # the batch a full disk refused
 
     def run(self) -> dict:
         try:
             for chunk in self.source.chunks(self.stop):
                 self.counters.audio_seconds += chunk.duration
+                if self.evidence is not None:
+                    self.evidence.hear(chunk)
                 self._process(self.windower.push(chunk))
                 if chunk.final:
-                    self._save([], self.detector.flush(chunk.source))
+                    self._end_of_stream(chunk.source)
                 self.notifier.progress(self.summary_line())
         except StorageError:
             self._close_after_storage_failure()
@@ -75,15 +83,34 @@ class Pipeline:
         scores = self.classifier.classify(windows)
         self.counters.windows += len(windows)
         self.counters.lag_seconds = (datetime.now(timezone.utc) - windows[-1].end_time).total_seconds()
-        self._save(scores, self.detector.push(scores))
+        if self.privacy is not None:  # it holds each window until its neighbours are known
+            scores = [released for s in scores for released in self.privacy.push(s)]
+        self._detect(scores)
+
+    def _detect(self, scores: Sequence[Scores]) -> None:
+        # A window the privacy filter silenced is no evidence of anything, not even of an unknown sound.
+        heard = [s for s in scores if s.values.any()]
+        self._save(heard, self.detector.push(scores))
+
+    def _end_of_stream(self, source: str | None) -> None:
+        """Close what one stream (or, with None, every stream) still holds: privacy's last window, then events."""
+        if self.privacy is not None:
+            self._detect(self.privacy.flush(source))
+        self._save([], self.detector.flush(source))
 
     def _save(self, scores: Sequence[Scores], detections: Sequence[Detection]) -> None:
         if not scores and not detections:
             return
-        with self.store.transaction():
-            stored = self.store.save(detections, self.run_id)
-            for listener in self.listeners:
-                listener.on_batch(self.store.db, scores, stored)
+        if self.evidence is not None:
+            detections = [self.evidence.with_clip(d) if d.status == "closed" else d for d in detections]
+        try:
+            with self.store.transaction():
+                stored = self.store.save(detections, self.run_id)
+                for listener in self.listeners:
+                    listener.on_batch(self.store.db, scores, stored)
+        except StorageError:
+            self._unsaved = list(detections)  # the detector has let go of these: close them after all
+            raise
         self.counters.detections += sum(d.status == "closed" for d in stored)
 
     def _shutdown(self, status: str) -> None:
@@ -92,7 +119,7 @@ class Pipeline:
         try:
             self._process(self.windower.flush())
         finally:
-            self._save([], self.detector.flush())
+            self._end_of_stream(None)
             self.store.update_run(self.run_id, self.snapshot(), status=status)
             self._summarise()
 
@@ -101,8 +128,9 @@ class Pipeline:
         self.notifier.stopping()
         self.source.close()
         self.store.release_reserve()
+        unsaved = [d if d.status != "open" else d.closed() for d in self._unsaved]
         try:
-            self._save([], self.detector.flush())
+            self._save([], list({d.id: d for d in [*unsaved, *self.detector.flush()]}.values()))
             self.store.update_run(self.run_id, self.snapshot(), status="failed")
         except StorageError as exc:
             log.error("could not close the run either (the next start marks it crashed): %s", exc)
@@ -112,12 +140,17 @@ class Pipeline:
         values.update(vars(self.source.counters))
         values["audio_seconds"] = round(self.counters.audio_seconds, 3)
         values["dropped_tail_seconds"] = round(self.windower.dropped_tail_seconds, 3)
+        if self.evidence is not None:
+            values.update(vars(self.evidence.counters))
+        if self.privacy is not None:
+            values["windows_masked"] = self.privacy.masked_windows
         values.pop("lag_seconds")  # a live figure for health checks, not a run total
         return values
 
     def health(self) -> dict:
         """Live figures for a health monitor on another thread (reads only)."""
-        figures = {**self.snapshot(), "db_busy_retries": busy.retries}
+        figures = {**self.snapshot(), "db_busy_retries": busy.retries,
+                   "clips_low_space": self.evidence is not None and self.evidence.low_space}
         if self.source.live:
             figures.update(lag_seconds=round(self.counters.lag_seconds, 3), connected=self.source.connected)
         return figures

@@ -96,6 +96,9 @@ class PrivacyFilter:
         values[self._human_columns(held.scores)] = 0.0
         return dataclasses.replace(held.scores, values=values)
 
+    def is_human_label(self, species: Species) -> bool:
+        return bool(_names(species) & self.human_keys)
+
     def _is_human(self, scores: Scores) -> bool:
         columns = self._human_columns(scores)
         return bool(len(columns)) and float(scores.values[columns].max()) >= self.threshold

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Iterator
 import sqlite_utils
 
 from .errors import StorageError
-from .types import Detection, Species
+from .types import ClipRef, Detection, Species
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,20 @@ def _v5_xc_recordings(db: sqlite_utils.Database) -> None:
         db["xc_recordings"].create({c: str for c in columns}, pk="xc_id")
 
 
+def _v6_clip_offsets_and_pruning(db: sqlite_utils.Database) -> None:
+    """Where a detection's clip starts and ends in its source, and when the disk budget pruned it."""
+    db["detections"].add_column("clip_start_offset", float)
+    db["detections"].add_column("clip_end_offset", float)
+    db["detections"].add_column("clip_pruned", str)
+    db["detections"].create_index(["clip_path"])
+    for counter in ("clips_written", "clips_withheld", "clips_missing", "windows_masked"):
+        db["runs"].add_column(counter, int, not_null_default=0)
+
+
 # Append only: a migration, once released, never changes. user_version = len(applied).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_detections_and_runs, _v2_alerts_and_outbox, _v3_run_device_recoveries_and_dropped_tail,
-    _v4_alert_score_and_source, _v5_xc_recordings]
+    _v4_alert_score_and_source, _v5_xc_recordings, _v6_clip_offsets_and_pruning]
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
@@ -243,7 +253,10 @@ def detection_row(det: Detection, run_id: int | None) -> dict:
         "start_time": iso(det.start_time), "end_time": iso(det.end_time),
         "start_offset": round(det.start_offset, 6), "end_offset": round(det.end_offset, 6),
         "alternatives": json.dumps([{"label": l, "score": round(s, 6)} for l, s in det.alternatives]),
-        "clip_path": det.clip_path, "status": det.status, "updated": utc_now(),
+        "clip_path": det.clip.path if det.clip else None,
+        "clip_start_offset": round(det.clip.start_offset, 6) if det.clip else None,
+        "clip_end_offset": round(det.clip.end_offset, 6) if det.clip else None,
+        "status": det.status, "updated": utc_now(),
     }
 
 
@@ -256,7 +269,9 @@ def detection_from_row(row: dict) -> Detection:
         end_time=parse_iso(row["end_time"]), start_offset=row["start_offset"] or 0.0,
         end_offset=row["end_offset"] or 0.0,
         alternatives=tuple((a["label"], a["score"]) for a in json.loads(row["alternatives"] or "[]")),
-        status=row["status"], clip_path=row["clip_path"])
+        status=row["status"],
+        clip=ClipRef(row["clip_path"], row["clip_start_offset"], row["clip_end_offset"])
+        if row["clip_path"] and not row["clip_pruned"] else None)
 
 
 def parse_iso(text: str) -> datetime:
@@ -349,6 +364,17 @@ class Store:
         return list(self.db.query(
             "SELECT start_time, end_time, common_name, scientific_name, confidence, window_count, "
             "source, status FROM detections ORDER BY start_time DESC LIMIT ?", [limit]))
+
+    def recent_clips(self, limit: int = 20) -> list[dict]:
+        return list(self.db.query(
+            "SELECT id, start_time, common_name, scientific_name, confidence, clip_path FROM detections "
+            "WHERE clip_path IS NOT NULL AND clip_pruned IS NULL ORDER BY start_time DESC LIMIT ?", [limit]))
+
+    def clip_of(self, detection_id: str) -> dict | None:
+        """The detection whose id is or starts with `detection_id` and still has its clip."""
+        return next(iter(self.db.query(
+            "SELECT id, clip_path FROM detections WHERE id LIKE ? || '%' AND clip_path IS NOT NULL "
+            "AND clip_pruned IS NULL ORDER BY start_time DESC LIMIT 1", [detection_id])), None)
 
     def recent_alerts(self, limit: int = 20, alert_type: str | None = None) -> list[dict]:
         """The latest alerts (of one type), newest first; `detection_ids` as a list."""

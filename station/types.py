@@ -91,6 +91,15 @@ DetectionStatus = Literal["open", "closed", "recovered"]
 
 
 @dataclass(frozen=True)
+class ClipRef:
+    """An event's audio clip: its path under the clips folder and the span of the source it holds."""
+
+    path: str
+    start_offset: float
+    end_offset: float
+
+
+@dataclass(frozen=True)
 class Detection:
     """One event: a species heard over one or more consecutive windows of one source.
 
@@ -112,7 +121,7 @@ class Detection:
     end_offset: float
     alternatives: tuple[tuple[str, float], ...] = field(default=())  # best window's top-k
     status: DetectionStatus = "open"
-    clip_path: str | None = None
+    clip: ClipRef | None = None
 
     def closed(self) -> "Detection":
         return dataclasses.replace(self, status="closed")
