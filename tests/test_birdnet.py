@@ -198,3 +198,59 @@ def test_without_the_converter_the_first_run_says_how_to_get_birdnet(tmp_path, m
     assert "scripts/setup.sh --convert" in message and "station model convert-birdnet --out models/birdnet-v2.4" in message
     assert f"rsync -a models/birdnet-v2.4/ <this machine>:{folder}/" in message
     assert first_run.plan(tmp_path / "bird_sounds_classification") is first_run.Plan.EXPORT_BY_HAND
+
+
+def _magpie_cafe_magpie(shared_data, out):
+    """30 s of magpies, the café's babble, 30 s of magpies again: one 48 kHz recording."""
+    import soundfile as sf
+    import soxr
+
+    magpie, rate = sf.read(str(shared_data / "audio/birds_misc/Pica_pica_30s.wav"), dtype="float32")
+    cafe, cafe_rate = sf.read(str(shared_data / "audio/noise/blanket_coffee-shop.ogg"), dtype="float32")
+    cafe = soxr.resample(cafe.mean(axis=1), cafe_rate, rate).astype(np.float32)
+    sf.write(str(out), np.concatenate([magpie, cafe, magpie]), rate, subtype="FLOAT")
+    return 30.0, 30.0 + len(cafe) / rate
+
+
+def test_privacy_keeps_people_out_of_detections_and_clips_and_keeps_the_birds(birdnet, shared_data, tmp_path):
+    import json as json_module
+
+    from helpers import rows
+
+    cafe_start, cafe_end = _magpie_cafe_magpie(shared_data, tmp_path / "mixed.wav")
+    config = write_config(tmp_path / "c.yaml", "detection:\n  threshold: 0.25\n  classes: all\n")
+    db = tmp_path / "st.db"
+    result = station_cli("replay", str(tmp_path / "mixed.wav"), "--config", str(config), "--model", str(birdnet),
+                         "--db", str(db), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    events = rows(db, "SELECT * FROM detections")
+    assert not [e for e in events if e["label"].startswith("Human")], "no person is ever stored"
+    assert "Human" not in result.stderr, "nor logged"
+    magpies = [e for e in events if e["scientific_name"] == "Pica pica"]
+    assert any(e["end_offset"] <= cafe_start for e in magpies) and any(e["start_offset"] >= cafe_end for e in magpies)
+    for e in events:
+        if e["clip_path"]:
+            assert e["clip_end_offset"] <= cafe_start or e["clip_start_offset"] >= cafe_end, "no clip holds the café"
+    (run,) = rows(db, "SELECT windows_masked FROM runs")
+    assert run["windows_masked"] > 0
+    payload_labels = {json_module.loads(a["payload"])["species"]["label"] for a in rows(db, "SELECT payload FROM alerts")
+                      if json_module.loads(a["payload"])["species"]}
+    assert not [label for label in payload_labels if label.startswith("Human")]
+
+
+def test_non_bird_classes_are_left_out_by_default_and_named_readably_when_asked(birdnet, shared_data, tmp_path):
+    from helpers import rows
+
+    dog = shared_data / "audio/noise/252909__kijjaz__20141026-chihuahua-barking-licking-01.ogg"
+    found = {}
+    for classes in ("birds", "all"):
+        config = write_config(tmp_path / f"{classes}.yaml", f"detection:\n  threshold: 0.25\n  classes: {classes}\n")
+        db = tmp_path / f"{classes}.db"
+        result = station_cli("replay", str(dog), "--config", str(config), "--model", str(birdnet), "--db", str(db),
+                             cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, result.stderr
+        found[classes] = {(e["label"], e["common_name"], e["scientific_name"])
+                          for e in rows(db, "SELECT label, common_name, scientific_name FROM detections")}
+    assert ("Dog_Dog", "Dog", None) in found["all"], "the dog is named 'Dog', with no pretend scientific name"
+    assert not [f for f in found["birds"] if f[0] == "Dog_Dog"]
+    assert "Dog_Dog" in load_folder(birdnet).manifest.label_groups["mammal"]
