@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import soxr
+
+# The notebook's way is PyTorch: transformers need not import TensorFlow (the convert extra's) at all.
+os.environ.setdefault("USE_TF", "0")
 
 from station.detection import Detector, SpeciesFilter
 from station.export import ExportOptions, export_model
@@ -98,7 +102,9 @@ def seed_pipeline(hf: Path, threads: int):
     from transformers import pipeline
 
     torch.set_num_threads(threads)
-    classify = pipeline("audio-classification", model=str(hf), device="cpu", top_k=1)
+    # framework="pt": with the convert extra installed, transformers would otherwise pick TensorFlow
+    # for the model and stop at "Keras 3 is not supported"; the notebook ran PyTorch.
+    classify = pipeline("audio-classification", model=str(hf), device="cpu", top_k=1, framework="pt")
     return lambda windows: [classify({"raw": w.samples, "sampling_rate": 16000})[0]["label"] for w in windows]
 
 
