@@ -31,7 +31,7 @@ def v3_recordings(data: Path, base: str) -> list[dict]:
         r["annotation-set"] = []
         out.append(r)
     restricted = dict(out[0], id="999999", file="", en="Puerto Rican Parrot", gen="Amazona", sp="vittata")
-    return out + [restricted]
+    return [*out, restricted]
 
 
 def matches(recording: dict, query: str) -> bool:

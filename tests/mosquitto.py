@@ -61,7 +61,7 @@ class Mosquitto:
                 return self
             except OSError:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"mosquitto exited: {self.process.stderr.read().decode()}")
+                    raise RuntimeError(f"mosquitto exited: {self.process.stderr.read().decode()}") from None
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 

@@ -1,4 +1,5 @@
 """Alert rules on constructed detection streams, with state in a real database."""
+import itertools
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -18,9 +19,11 @@ MAGPIE = Species("Pica pica_Eurasian Magpie", "Pica pica", "Eurasian Magpie")
 LABELS = (OWL, MAGPIE)
 
 
-def detection(species, at: datetime, n=[0], confidence=0.8) -> Detection:
-    n[0] += 1
-    return Detection(f"d{n[0]}", "st", "mic", "m", species, confidence, confidence, 2, at,
+DETECTION_NUMBERS = itertools.count(1)  # ids unique across the module's tests
+
+
+def detection(species, at: datetime, confidence=0.8) -> Detection:
+    return Detection(f"d{next(DETECTION_NUMBERS)}", "st", "mic", "m", species, confidence, confidence, 2, at,
                      at + timedelta(seconds=4.5), 0.0, 4.5, status="closed")
 
 
@@ -204,7 +207,8 @@ def test_a_replay_raises_no_live_health_alerts(tmp_path):
     from station.health import HealthMonitor
 
     store = Store.open(tmp_path / "st.db")
-    monitor = HealthMonitor(lambda: {}, AlertSettings(no_audio_seconds=0.001), "st", tmp_path / "st.db", None, live=False)
+    monitor = HealthMonitor(lambda: {}, AlertSettings(no_audio_seconds=0.001), "st", tmp_path / "st.db", None,
+                            live=False)
     with store.transaction():
         for _ in range(3):
             monitor.check(store.db, {"audio_seconds": 1.0, "connected": False, "lag_seconds": 999.0,

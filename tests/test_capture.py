@@ -31,7 +31,8 @@ class RecordingClassifier:
 
     def __init__(self, inner):
         self.inner = inner
-        self.sample_rate, self.window_samples, self.model_name = inner.sample_rate, inner.window_samples, inner.model_name
+        self.sample_rate, self.window_samples = inner.sample_rate, inner.window_samples
+        self.model_name = inner.model_name
         self.windows, self.scores = [], []
 
     def classify(self, windows):
@@ -126,7 +127,7 @@ def test_a_lost_device_is_reopened_and_capture_goes_on(virtual_mic, caplog):
 
 def test_a_device_that_matches_nothing_at_start_is_an_error_with_the_device_list():
     mic = MicSource("no-such-device-anywhere", RATE, 1)
-    with pytest.raises(DeviceError, match="no-such-device-anywhere.*input devices seen: .*wait_for_device") as error:
+    with pytest.raises(DeviceError, match=r"no-such-device-anywhere.*input devices seen: .*wait_for_device") as error:
         next(mic.chunks(threading.Event()))
     assert error.value.exit_code == 4 and "\n" not in str(error.value)
 

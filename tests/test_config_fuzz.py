@@ -140,7 +140,7 @@ def test_every_key_of_the_shipped_config_with_hostile_values(station_dir):
     spans = value_spans(SHIPPED)
     assert len(spans) > 70  # every leaf and every section of config.yaml
     accepted = refused = 0
-    for start, end, key in spans:
+    for start, end, _key in spans:
         for value in HOSTILE:
             result = check(station_dir / "c.yaml", substituted(SHIPPED, start, end, value))
             if isinstance(result, Settings):

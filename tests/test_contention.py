@@ -135,7 +135,7 @@ def test_a_replay_with_mqtt_survives_readers_and_a_second_writer_on_the_same_dat
     finally:
         broker.stop()
         subscriber.close()
-    for process, (out, err) in zip(replays, outputs):
+    for process, (_out, err) in zip(replays, outputs):
         assert process.returncode == 0, err
         assert "OperationalError" not in err and "locked" not in err and "Traceback" not in err, err
     for listing in listings:

@@ -35,7 +35,8 @@ def make_model_folder(destination: Path, name: str) -> None:
     staging = destination.parent / f".{name}.staging"
     staging.mkdir(parents=True)
     (staging / "model.onnx").write_bytes(b"stands in for a model: the installer only copies it")
-    (staging / "labels.tsv").write_text("label\tscientific_name\tcommon_name\nGreat Tinamou\tTinamus major\tGreat Tinamou\n")
+    (staging / "labels.tsv").write_text("label\tscientific_name\tcommon_name\n"
+                                        "Great Tinamou\tTinamus major\tGreat Tinamou\n")
     write_folder(staging, destination, Manifest(name=name, sample_rate=16000, window_seconds=3.0,
                                                  input_name="input_values", output_name="logits"))
 
@@ -168,7 +169,8 @@ def test_a_second_install_keeps_the_users_config_models_and_data(installed):
     assert (root / CONFIG_DIR / "config.yaml").read_text().endswith("# the user's\n")
     assert (root / STATE / "models" / "other" / "NOTES").is_file()
     assert kept_rows(root) == [("a detection",)]
-    assert len([line for line in (root / "etc" / "passwd").read_text().splitlines() if line.startswith(NAME + ":")]) == 1
+    passwd = (root / "etc" / "passwd").read_text().splitlines()
+    assert len([line for line in passwd if line.startswith(NAME + ":")]) == 1
 
 
 def test_the_installer_says_how_to_store_the_mqtt_password(installed):
@@ -254,7 +256,7 @@ def test_uninstall_keeps_config_and_data_and_purge_removes_them(installed):
     """Runs last: it removes what the tests above inspect."""
     checkout, root, _, _ = installed
     (root / CONFIG_DIR / "credentials" / "mqtt_password").write_text("secret\n")
-    for attempt in range(2):  # a second uninstall finds nothing left to remove, and says so
+    for _ in range(2):  # a second uninstall finds nothing left to remove, and says so
         done = run_installer(checkout, root, "--uninstall")
         assert done.returncode == 0, done.stderr
         assert not (root / UNIT).exists() and not (root / WANTS).is_symlink() and not (root / CODE).exists()

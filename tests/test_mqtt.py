@@ -179,7 +179,8 @@ def test_home_assistant_discovery_is_retained_and_re_announced(broker, tmp_path)
     subscriber.wait_for(lambda: len(subscriber.messages) >= len(expected))
     configs = {t: json.loads(p) for t, p, _ in subscriber.messages}
     event = configs["homeassistant/event/field_station_st1/detection/config"]
-    assert event["event_types"] == ["detection", "detection_update"] and event["state_topic"] == "station/st1/detections"
+    assert event["event_types"] == ["detection", "detection_update"]
+    assert event["state_topic"] == "station/st1/detections"
     assert all(c["availability_topic"] == "station/st1/status" and c["device"]["identifiers"] == ["field_station_st1"]
                for c in configs.values())
     assert event["default_entity_id"] == "event.field_station_st1_detection"
@@ -214,9 +215,9 @@ def test_the_sender_survives_broker_kills_in_mid_drain_and_every_message_arrives
                           tmp_path / "st.db", None)
     service.start(supervisor)
     try:
-        for kill in range(3):
+        for _ in range(3):
             received = len(subscriber.json("station"))
-            subscriber.wait_for(lambda: len(subscriber.json("station")) >= received + 500, timeout=60)
+            subscriber.wait_for(lambda expected=received + 500: len(subscriber.json("station")) >= expected, timeout=60)
             broker.kill()
             broker.start()
         subscriber.wait_for(lambda: len({m["id"] for m in subscriber.json("station")}) >= total, timeout=120)

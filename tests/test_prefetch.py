@@ -134,7 +134,7 @@ def test_once_stopped_no_chunk_is_handed_on_and_the_source_is_told():
 def test_a_consumer_that_leaves_early_stops_the_reading_thread():
     source = FakeSource(1000, wait_seconds=60.0)
     prefetch = Prefetch(source)
-    for chunk in prefetch.chunks(threading.Event()):
+    for _ in prefetch.chunks(threading.Event()):
         break  # the pipeline failed and left the loop
     assert source.finished.wait(5.0)  # its 60 s wait ended without close()
     prefetch.close()

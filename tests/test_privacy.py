@@ -5,9 +5,9 @@ the café recording (blanket_coffee-shop.ogg, restaurant babble) scores "Human v
 0.16-0.63 in every window (7 of 10 windows >= 0.3, 2 >= 0.5); the clean single-speaker
 studio utterance (p286_011_speech.wav, VCTK) scores at most 0.004 in its windows and ranks
 below the 25 best labels (at 3x or 10x gain still 0.004; mixed into the BLKFR soundscape 0.03;
-resampled through 16 kHz 0.09; over the café, whose babble BirdNET hears, 0.54): BirdNET does not hear it as a person at all, so no
-score threshold on BirdNET's human classes can keep it out. The filter is only as good as
-the model's human classes.
+resampled through 16 kHz 0.09; over the café, whose babble BirdNET hears, 0.54): BirdNET does not
+hear it as a person at all, so no score threshold on BirdNET's human classes can keep it out.
+The filter is only as good as the model's human classes.
 """
 import threading
 from datetime import timedelta
@@ -77,7 +77,7 @@ def test_neighbours_are_only_windows_of_the_same_stream():
     before_gap = [window_scores(i, 0.9, 0.1) for i in range(3)]  # 0-6 s
     after_gap = [window_scores(i, 0.9, 0.9 if i == 0 else 0.1, start=20.0) for i in range(2)]
     other = window_scores(0, 0.9, 0.1, source="file-b")
-    out = run(flt, before_gap + [other] + after_gap)
+    out = run(flt, [*before_gap, other, *after_gap])
     masked = {(s.window.source, s.window.start_offset) for s in out if not s.values.any()}
     assert masked == {("mic", 20.0), ("mic", 21.5)}  # not the window before the gap, nor the other source
 

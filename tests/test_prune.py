@@ -56,7 +56,7 @@ def pruned(station) -> dict[str, str | None]:
 
 
 def test_the_oldest_clips_go_first_but_the_best_per_species_and_alert_clips_stay(station):
-    db, path, folder = station
+    _, path, folder = station
     # Wren: six clips, minutes 0-5; its best is w3 (0.95). Owl: two clips, its best is o1.
     for i, score in enumerate([0.5, 0.6, 0.7, 0.95, 0.55, 0.65]):
         add_clip(station, f"w{i}", "Wren", score, minute=i, spectrogram=True)
@@ -80,7 +80,7 @@ def test_the_oldest_clips_go_first_but_the_best_per_species_and_alert_clips_stay
 
 
 def test_protected_clips_go_only_when_nothing_else_is_left(station):
-    db, path, folder = station
+    _, path, folder = station
     for i in range(4):
         add_clip(station, f"w{i}", "Wren", 0.5 + i / 10, minute=i)
     add_alert(station, "RARE_SPECIES", ["w0"])
@@ -92,7 +92,7 @@ def test_protected_clips_go_only_when_nothing_else_is_left(station):
 
 
 def test_under_budget_or_without_a_budget_nothing_goes(station):
-    db, path, folder = station
+    _, path, folder = station
     add_clip(station, "w0", "Wren", 0.5, minute=0)
     assert ClipPruner(path, folder, max_disk_mb=1).prune_once().deleted == 0
     assert ClipPruner(path, folder).prune_once().budget_bytes is None
@@ -108,7 +108,7 @@ def test_a_percentage_of_the_disk_is_a_budget(station):
 
 
 def test_missing_clips_are_marked_and_old_orphans_go_before_any_clip(station):
-    db, path, folder = station
+    _, path, folder = station
     gone = add_clip(station, "w0", "Wren", 0.5, minute=0)
     add_clip(station, "w1", "Wren", 0.6, minute=1)
     (folder / gone).unlink()

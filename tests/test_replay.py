@@ -6,6 +6,7 @@ import math
 import signal
 import subprocess
 import sys
+from itertools import pairwise
 from threading import Event
 
 import numpy as np
@@ -71,7 +72,7 @@ def test_replay_of_a_real_recording_writes_merged_well_formed_events(tiny_model,
     for e in events:
         by_label.setdefault(e["label"], []).append(e)
     for same in by_label.values():
-        for a, b in zip(same, same[1:]):
+        for a, b in pairwise(same):
             assert b["start_offset"] > a["end_offset"]
     # Independently, in this process: every window's top 3 at threshold 0.3 is one window of one event.
     assert windows_in_events == sum(detected_windows(tiny_model, gwwa).values())
@@ -161,7 +162,7 @@ def test_sigterm_mid_replay_leaves_a_sound_database_with_every_closed_event(tiny
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: db.exists() and rows(db, "SELECT count(*) AS n FROM detections")[0]["n"] >= 2, 60, 0.5)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "received SIGTERM; stopping" in err
 
@@ -192,7 +193,7 @@ def test_a_running_watcher_survives_bad_files_and_loses_nothing(tiny_model, gwwa
         assert proc.poll() is None, "the watcher is still running after the bad files"
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     (run,) = rows(db, "SELECT * FROM runs")
     assert (run["files_ok"], run["files_failed"]) == (1, 2)
     assert "2_nan.wav: invalid samples (NaN or infinite) at 2.50 s" in err
@@ -250,7 +251,7 @@ def test_replay_progress_on_a_terminal_is_one_line_redrawn_and_wiped_before_log_
     try:
         clock = iter(range(100))  # a second per look at the clock: every redraw is due
         source = ReplayProgress(FakeFolder(), terminal=True, stream=stream, clock=lambda: float(next(clock)))
-        for chunk in source.chunks(Event()):
+        for _ in source.chunks(Event()):
             logging.getLogger("station.test").warning("a log line")
     finally:
         logging.getLogger().removeHandler(handler)

@@ -52,7 +52,7 @@ def bad_files(tmp_path, shared_data):
 ])
 def test_bad_files_fail_with_one_clear_line(bad_files, name, message):
     with pytest.raises(AudioInputError) as error:
-        info, blocks = open_audio(bad_files / name, 1.0)
+        _, blocks = open_audio(bad_files / name, 1.0)
         for _ in blocks:
             pass
     text = str(error.value)

@@ -39,24 +39,25 @@ def test_birdnet_has_101_non_birds_and_6421_birds(birdnet_labels):
     others = non_bird_labels(birdnet_labels)
     assert len(birdnet_labels) == 6522
     assert len(others) == 101
-    assert {label_group(l) for l in others} == {"amphibian", "insect", "mammal", "human", "sound"}
+    assert {label_group(label) for label in others} == {"amphibian", "insect", "mammal", "human", "sound"}
     counts = {g: len(ls) for g, ls in groups(birdnet_labels).items()}
     assert counts == {"amphibian": 41, "insect": 42, "mammal": 8, "human": 3, "sound": 7}
 
 
 def test_the_genus_list_agrees_with_the_common_names(birdnet_labels):
-    named = {l for l in birdnet_labels if l.partition("_")[0] in NAMED_NON_BIRDS}
-    by_word = {l for l in birdnet_labels if l.partition("_")[2].split()[-1] in ANIMAL_WORDS}
+    named = {label for label in birdnet_labels if label.partition("_")[0] in NAMED_NON_BIRDS}
+    by_word = {label for label in birdnet_labels if label.partition("_")[2].split()[-1] in ANIMAL_WORDS}
     no_common_name = {"Gryllus assimilis_Gryllus assimilis", "Miogryllus saussurei_Miogryllus saussurei"}
     assert non_bird_labels(birdnet_labels) == named | by_word | no_common_name
     assert len(named) == 11
 
 
 def test_every_listed_genus_is_in_birdnet_and_holds_no_bird_name(birdnet_labels):
-    genera = {l.split()[0] for l in non_bird_labels(birdnet_labels) if l.partition("_")[0] not in NAMED_NON_BIRDS}
+    genera = {label.split()[0] for label in non_bird_labels(birdnet_labels)
+              if label.partition("_")[0] not in NAMED_NON_BIRDS}
     assert genera == set(NON_BIRD_GENERA)  # nothing listed that BirdNET does not have
-    birds = [l for l in birdnet_labels if is_bird(l)]
-    assert not [l for l in birds if l.partition("_")[2].split()[-1] in ANIMAL_WORDS]
+    birds = [label for label in birdnet_labels if is_bird(label)]
+    assert not [label for label in birds if label.partition("_")[2].split()[-1] in ANIMAL_WORDS]
 
 
 def test_frogmouths_cicadabirds_and_bat_falcons_are_birds(birdnet_labels):

@@ -56,7 +56,7 @@ def test_names_match_by_scientific_name_synonym_and_normalised_common_name():
     assert index.match(None, "Bartlett's Tinamou") is labels[1]
     assert index.match("Tyrannus dominicensis", "Gray Kingbird") is labels[2]
     assert index.match("Strix aluco", "Tawny Owl") is None
-    assert normalise_common("Spix’s  Guan") == normalise_common("Spixs Guan")
+    assert normalise_common("Spix\u2019s  Guan") == normalise_common("Spixs Guan")  # \u2019: a typographic apostrophe
 
 
 def test_birdnet_style_labels_give_both_names():
@@ -182,7 +182,7 @@ def shared_species_model(tmp_path_factory, shared_data):
     species = sorted({f"{c.scientific_name}_{c.common_name}" for c in clips if c.kind == "species"
                       and c.scientific_name not in ("Agelaius xanthomus", "Strix aluco")})
     root = tmp_path_factory.mktemp("validation-model")
-    hf = build_random_wav2vec2(root / "hf", labels=species + ["Nothura maculosa_Spotted Nothura"])
+    hf = build_random_wav2vec2(root / "hf", labels=[*species, "Nothura maculosa_Spotted Nothura"])
     return export_model(ExportOptions(str(hf), root / "model", name="shared-species")).path
 
 
@@ -210,12 +210,13 @@ def test_validate_the_shared_clips_end_to_end(shared_species_model, shared_data,
     saved = json.loads(files["metrics"].read_text())
     assert saved["files"] == len(rows)
     assert saved["top1"] == pytest.approx(sklearn_metrics.accuracy_score(truths, predicted))
-    assert saved["top3"] == pytest.approx(np.mean([t in (r["top1"], r["top2"], r["top3"]) for t, r in zip(truths, rows)]))
+    in_top3 = [t in (r["top1"], r["top2"], r["top3"]) for t, r in zip(truths, rows)]
+    assert saved["top3"] == pytest.approx(np.mean(in_top3))
     p, r, f1, _ = sklearn_metrics.precision_recall_fscore_support(truths, predicted, average="macro", zero_division=0)
     assert [saved["macro"][k] for k in ("precision", "recall", "f1")] == pytest.approx([p, r, f1])
     labels = saved["confusion"]["labels"]
     assert saved["confusion"]["matrix"] == sklearn_metrics.confusion_matrix(truths, predicted, labels=labels).tolist()
-    scores, truth, label_names = load_scores(files["scores"])
+    scores, truth, _ = load_scores(files["scores"])
     assert scores.shape == (len(clips), len(classifier.labels)) and (truth >= 0).sum() == len(rows)
     assert "top-1 accuracy" in files["report"].read_text()
 
@@ -241,7 +242,8 @@ def test_validate_and_calibrate_on_the_command_line(shared_species_model, shared
 
     folder = tmp_path / "clips"
     folder.mkdir()
-    rows = list(csv.DictReader(open(shared_data / "manifest.csv")))
+    with open(shared_data / "manifest.csv") as f:
+        rows = list(csv.DictReader(f))
     chosen = [r for r in rows if r["path"].startswith("audio/birds_misc/") or r["path"].startswith("audio/noise/")]
     with open(folder / "manifest.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, list(rows[0]))

@@ -107,7 +107,7 @@ def test_503_forever_gives_up_with_a_clear_error(fake, tmp_path):
 
 
 def test_wrong_key_and_untagged_query_are_clear_errors(fake, tmp_path):
-    with pytest.raises(XenoCantoError, match="refused the API key .HTTP 401.: missing or invalid"):
+    with pytest.raises(XenoCantoError, match=r"refused the API key \(HTTP 401\): missing or invalid"):
         run(SeedOptions(tmp_path / "a", species=PR_SPECIES[:1]), client(fake, tmp_path, key="wrong"))
     with pytest.raises(XenoCantoError, match="takes tags only"):
         check_tagged("larus fuscus")
