@@ -56,7 +56,7 @@ class AlertWriter:
             return None
         payload = alert_payload(alert_id, self.station, alert_type, utc_now(), species, list(detection_ids),
                                 {"event_time": iso(when), **(details or {})})
-        db["alerts"].insert({
+        db.table("alerts").insert({
             "id": alert_id, "station": self.station, "type": alert_type,
             "label": species.label if species else None,
             "scientific_name": species.scientific_name if species else None,

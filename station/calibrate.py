@@ -37,7 +37,8 @@ def calibrate(scores: np.ndarray, truth: np.ndarray, labels: list[str], target_p
     return found
 
 
-def _lowest_threshold(column: np.ndarray, positive: np.ndarray, target: float):
+def _lowest_threshold(column: np.ndarray, positive: np.ndarray, target: float) -> tuple[float, float, float] | None:
+    """(threshold, precision, recall) at the lowest score that still reaches `target` precision; None if none does."""
     order = np.argsort(-column, kind="stable")
     hits = np.cumsum(positive[order])
     precision = hits / np.arange(1, len(order) + 1)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from threading import Event
+from typing import Any
 
 import numpy as np
 
@@ -85,7 +86,7 @@ class MicSource:
         self.counters = CaptureCounters()
         self.name = f"mic:{device if device is not None else 'default'}"
         self.connected = False
-        self._stream = None
+        self._stream: Any = None  # a sounddevice.InputStream while open (sounddevice has no types)
         self._last_callback = 0.0
         self._status_overflows = 0
 

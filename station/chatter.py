@@ -104,7 +104,6 @@ class StderrCapture:
         self._open: dict[int, Heard] = {}
         self._current: list[Heard] = []
         self._last_said: dict[str, list] = {}  # message key -> [monotonic time logged, repeats since]
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
         sys.stderr.flush()

@@ -15,7 +15,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -106,7 +106,8 @@ def _check_nesting(text: str) -> None:
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    raise Refused(f"nested more than {MAX_DEPTH} levels deep", event.start_mark.line + 1)
+                    line = event.start_mark.line + 1 if event.start_mark is not None else None
+                    raise Refused(f"nested more than {MAX_DEPTH} levels deep", line)
             elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
     except yaml.YAMLError as exc:
@@ -127,7 +128,13 @@ def _yaml_line(exc: yaml.YAMLError, text: str) -> int | None:
     return text.count("\n", 0, position) + 1 if isinstance(position, int) else None
 
 
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:  # libyaml's, where PyYAML was built with it: the same documents, faster
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_SafeLoader):
     def construct_object(self, node, deep=False):
         try:
             return super().construct_object(node, deep)

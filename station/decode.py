@@ -221,9 +221,11 @@ def _ffmpeg_blocks(path: Path, audio: AudioInfo, block_seconds: float) -> Iterat
             ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-ac", str(audio.channels),
              "-ar", str(audio.sample_rate), "-f", "f32le", "-acodec", "pcm_f32le", "-"],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        output = proc.stdout
+        assert output is not None  # stdout=PIPE
         decoded = 0
         try:
-            while raw := proc.stdout.read(block_bytes):
+            while raw := output.read(block_bytes):
                 raw = raw[: len(raw) - len(raw) % frame_bytes]
                 if not raw:  # a partial frame at the very end
                     continue
@@ -240,7 +242,7 @@ def _ffmpeg_blocks(path: Path, audio: AudioInfo, block_seconds: float) -> Iterat
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            proc.stdout.close()
+            output.close()
 
 
 def _checked(path: Path, audio: AudioInfo, blocks: Iterator[np.ndarray],

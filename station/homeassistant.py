@@ -9,6 +9,8 @@ The configs are published again whenever Home Assistant announces itself `online
 """
 from __future__ import annotations
 
+from typing import Any
+
 from . import __version__
 from .messages import OFFLINE, ONLINE, Topics, encode
 
@@ -28,7 +30,7 @@ def discovery_messages(topics: Topics, discovery_prefix: str, model: str) -> lis
         "device": {"identifiers": [node], "name": f"Field Station {topics.station}",
                    "manufacturer": "Field Station", "model": model, "sw_version": __version__},
     }
-    configs = [
+    configs: list[tuple[str, str, dict[str, Any]]] = [
         ("event", "detection", {"name": "Bird detection", "state_topic": topics.detections,
                                 "event_types": ["detection", "detection_update"], "icon": "mdi:bird"}),
         ("sensor", "last_species", {"name": "Last species", "state_topic": topics.detections,

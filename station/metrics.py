@@ -67,6 +67,10 @@ def compute(truths: Sequence[str], rankings: Sequence[Sequence[str]]) -> Metrics
     return Metrics(
         files=len(truths), top1=top_k_accuracy(truths, rankings, 1), top3=top_k_accuracy(truths, rankings, 3),
         labels=labels, confusion=matrix, per_class=per_class,
-        macro=tuple(float(np.mean(v)) if len(v) else 0.0 for v in (precision, recall, f1)),
-        weighted=tuple(float(np.sum(v * weights)) for v in (precision, recall, f1)),
+        macro=(_mean(precision), _mean(recall), _mean(f1)),
+        weighted=(float(np.sum(precision * weights)), float(np.sum(recall * weights)), float(np.sum(f1 * weights))),
     )
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values)) if len(values) else 0.0

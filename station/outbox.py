@@ -17,7 +17,9 @@ from .store import iso, utc_now, write_transaction
 def enqueue(db: sqlite_utils.Database, topic: str, payload: str, qos: int = 1, retain: bool = False) -> int:
     cursor = db.execute("INSERT INTO outbox (topic, payload, qos, retain, created) VALUES (?, ?, ?, ?, ?)",
                         [topic, payload, qos, int(retain), utc_now()])
-    return cursor.lastrowid
+    row_id = cursor.lastrowid
+    assert row_id is not None  # set by every INSERT
+    return row_id
 
 
 def unsent(db: sqlite_utils.Database, after_id: int = 0, limit: int = 100, sent_since: str | None = None) -> list[dict]:

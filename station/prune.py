@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import sqlite_utils
+
 from .store import connect, utc_now, write_transaction
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ class ClipPruner:
         self.min_free_mb = min_free_mb
         self.orphan_grace_seconds = orphan_grace_seconds
         self.last_report: PruneReport | None = None
-        self._db = None
+        self._db: sqlite_utils.Database | None = None
 
     def loop(self, stop: threading.Event) -> None:
         """Prune every `interval_seconds` until `stop` (run under station.supervise.Supervisor)."""
@@ -193,7 +195,7 @@ class ClipPruner:
                                 [when, *batch])
 
     @property
-    def db(self):
+    def db(self) -> sqlite_utils.Database:
         if self._db is None:
             self._db = connect(self.db_path)
         return self._db

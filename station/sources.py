@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -73,7 +73,7 @@ class FileSource:
         details += [said] if (said := heard.take()) else []
         log.error("skipped: %s%s", problem.replace("\n", " "), f" ({'; '.join(details)})" if details else "")
 
-    def _chunks(self, stop: Event) -> Iterator[AudioChunk]:
+    def _chunks(self, stop: Event) -> Generator[AudioChunk, None, None]:
         info, blocks = open_audio(self.path, self.chunk_seconds)
         started_wall = time.monotonic()
         start_time = _file_start_time(self.path, info.duration)
@@ -146,6 +146,9 @@ class DirectorySource:
         pass
 
 
+_Folder = tuple[Path, frozenset[tuple[int, int]]]  # a folder to walk, and the (device, inode)s above it
+
+
 def walk_audio_files(folder: Path, extensions: set[str]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Paths under `folder` with one of `extensions` that are not folders, sorted; and folders not walked.
 
@@ -153,8 +156,11 @@ def walk_audio_files(folder: Path, extensions: set[str]) -> tuple[list[Path], li
     follows each real folder once (by device and inode), so a link loop ends at once, and
     walks links last, so files are found under their real folder's name when it is in the tree.
     """
-    files, problems, walked = [], [], {}
-    real, links = [(Path(folder), frozenset())], []
+    files: list[Path] = []
+    problems: list[tuple[Path, str]] = []
+    walked: dict[tuple[int, int], Path] = {}
+    real: list[_Folder] = [(Path(folder), frozenset())]
+    links: list[_Folder] = []
     while real or links:
         directory, ancestors = real.pop() if real else links.pop()
         try:

@@ -129,7 +129,8 @@ def score_clip(clip: Clip, classifier: OnnxClassifier, settings: Settings, truth
     windower = build_windower(settings, classifier)
     detector = build_detector(settings, classifier)
     source = FileSource(clip.path, settings.replay.chunk_seconds)
-    best, windows, detections = None, 0, {}
+    best, windows = None, 0
+    detections: dict[str, Detection] = {}
 
     def handle(scores: Sequence[Scores], changed: Sequence[Detection]) -> None:
         detections.update((d.id, d) for d in changed)
@@ -181,7 +182,7 @@ def validate(clips: Iterable[Clip], classifier: OnnxClassifier, settings: Settin
 
 def metrics_of(results: Sequence[FileResult], labels: Sequence[Species]) -> Metrics:
     evaluable = [r for r in results if r.evaluable]
-    return compute([r.truth.label for r in evaluable],
+    return compute([r.truth.label for r in evaluable if r.truth is not None],  # every evaluable one has a truth
                    [[s.label for s, _ in r.ranking(labels, 3)] for r in evaluable])
 
 

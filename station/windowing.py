@@ -125,11 +125,13 @@ class Windower:
         else:
             samples = samples.copy()
         offset = start / self.sample_rate
+        source, origin_time = self._source, self._origin_time
+        assert source is not None and origin_time is not None  # windows are cut only inside a stream
         return Window(
             samples=samples,
             sample_rate=self.sample_rate,
-            source=self._source,
+            source=source,
             start_offset=self._origin_offset + offset,
-            start_time=self._origin_time + timedelta(seconds=offset),
+            start_time=origin_time + timedelta(seconds=offset),
             valid_seconds=length / self.sample_rate,
         )

@@ -128,7 +128,8 @@ class XenoCantoClient:
     async def search(self, http, query: str, per_page: int = 500, limit: int | None = None) -> list[Recording]:
         check_tagged(query)
         scheme = urlsplit(self.base_url).scheme or "https"
-        recordings, page, pages = [], 1, 1
+        recordings: list[Recording] = []
+        page, pages = 1, 1
         while page <= pages and (limit is None or len(recordings) < limit):
             data = await self._page(http, query, page, per_page)
             pages = int(data.get("numPages") or 1)

@@ -200,7 +200,7 @@ def record_in_database(recordings: list[Recording], out: Path, database: Path) -
     try:
         rows = [{**manifest_row(r), "path": str(out / manifest_row(r)["path"])} for r in recordings]
         with write_transaction(db):
-            db["xc_recordings"].upsert_all(rows, pk="xc_id")
+            db.table("xc_recordings").upsert_all(rows, pk="xc_id")
     finally:
         db.conn.close()
 
