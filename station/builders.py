@@ -40,7 +40,7 @@ def build_detector(settings: Settings, classifier: OnnxClassifier) -> Detector:
     blocked = classifier.folder.non_bird_labels if d.classes == "birds" else frozenset()
     species_filter = SpeciesFilter(d.threshold, d.species_thresholds, d.include, d.exclude, blocked)
     range_filter = None
-    if where.enabled:
+    if where.lat is not None and where.lon is not None:  # where.enabled, spelled out for the type checker
         range_filter = RangeFilter(classifier.folder, where.lat, where.lon, where.threshold, where.keep, where.week)
     return Detector(settings.station.id, classifier.model_name, species_filter, d.top_k,
                     d.merge_gap_seconds, range_filter)
@@ -49,6 +49,7 @@ def build_detector(settings: Settings, classifier: OnnxClassifier) -> Detector:
 def build_replay_source(settings: Settings, path: Path, progress: bool = True):
     """A file or a folder of recordings; with `progress`, what it has read so far is shown as it goes."""
     r = settings.replay
+    source: DirectorySource | FileSource
     if Path(path).is_dir():
         source = DirectorySource(path, r.extensions, r.chunk_seconds, r.realtime, r.watch, r.poll_seconds)
     else:

@@ -16,9 +16,9 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -75,7 +75,7 @@ def _guarded(callback: Callable) -> Callable:
 
 class MqttService:
     def __init__(self, settings: MqttSettings, topics: Topics, database: Path, password: str | None,
-                 on_connected: Callable[["MqttService"], None] | None = None):
+                 on_connected: Callable[[MqttService], None] | None = None):
         self.settings = settings
         self.topics = topics
         self.database = database
@@ -197,7 +197,7 @@ class MqttService:
         paho 2 raises from is_published() for a message whose connection was lost before
         it went out: such a message is resent after the reconnect, never counted as sent.
         """
-        acked = []
+        acked: list[int] = []
         for row_id, info in list(pending.items()):
             try:
                 done = info.is_published()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict, deque
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ class _Held:
 
 class PrivacyFilter:
     def __init__(self, human_labels: Iterable[str] = DEFAULT_HUMAN_LABELS, threshold: float = 0.5):
-        self.human_keys = {name_key(l) for l in human_labels}
+        self.human_keys = {name_key(label) for label in human_labels}
         self.threshold = threshold
         self.masked_windows = 0  # windows whose scores were all set to 0
         self.human_windows = 0  # windows where a human class reached the threshold

@@ -197,7 +197,7 @@ def test_alerts_as_json_have_detection_ids_as_a_list_and_a_score_and_source(aler
 def test_alerts_type_is_case_insensitive_and_the_table_shows_score_and_source(alert_db, tmp_path):
     result = station_cli("alerts", "--type", "new_species", "--db", str(alert_db), "--limit", "3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    header, rule, *lines = result.stdout.splitlines()
+    header, _, *lines = result.stdout.splitlines()
     assert header.split() == ["event_time", "type", "common_name", "scientific_name", "score", "source",
                               "detection_ids", "created"]
     assert len(lines) == 3 and all(" NEW_SPECIES " in line for line in lines)
