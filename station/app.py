@@ -3,14 +3,21 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from threading import Event
-from typing import Iterator
 
 from .alerts import AlertEngine
-from .builders import (build_classifier, build_detector, build_evidence, build_mic_source,  # noqa: F401 (the CLI imports them here)
-                       build_privacy, build_pruner, build_replay_source, build_windower)
+from .builders import (  # noqa: F401 (the CLI imports them here)
+    build_classifier,
+    build_detector,
+    build_evidence,
+    build_mic_source,
+    build_privacy,
+    build_pruner,
+    build_replay_source,
+    build_windower,
+)
 from .config import Settings, read_secret
 from .errors import StationError
 from .health import HealthMonitor
@@ -30,7 +37,7 @@ log = logging.getLogger(__name__)
 def stop_on_signals() -> Iterator[Event]:
     """SIGTERM/SIGINT set the stop event once; a second signal interrupts at once."""
     stop = Event()
-    previous = {}
+    previous: dict[signal.Signals, signal._HANDLER] = {}
 
     def handle(signum, frame):
         log.info("received %s; stopping", signal.Signals(signum).name)

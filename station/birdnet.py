@@ -23,9 +23,9 @@ from .export import parity_windows
 from .manifest import tool_versions
 from .model_folder import LABELS, Manifest, ModelFolder, write_folder, write_labels
 from .names import species_from_label
+from .optional import require
 from .taxonomy import groups as label_groups
 from .taxonomy import readable_species
-from .optional import require
 
 log = logging.getLogger(__name__)
 

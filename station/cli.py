@@ -7,12 +7,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__, chatter
 from .config import Settings, load_settings
 from .config_check import ALERT_TYPES
 from .errors import ConfigError, StationError
-
 
 EXIT_INTERRUPTED = 130
 EXIT_READER_GONE = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate = _command(xc_commands, "validate", cmd_xc_validate,
                         "replay labelled recordings through the pipeline and report accuracy")
     validate.add_argument("manifest", type=Path,
-                          help="a manifest CSV, or a folder with manifest.csv (columns path, scientific_name, common_name)")
+                          help="a manifest CSV, or a folder with manifest.csv "
+                               "(columns path, scientific_name, common_name)")
     validate.add_argument("--out", type=Path, default=Path("validation"), help="report folder (default ./validation)")
     validate.add_argument("--model", type=Path, metavar="DIR", help="model folder (overrides model.path)")
     validate.add_argument("--rare", nargs="*", default=[], metavar="SPECIES",
@@ -267,7 +268,7 @@ def settings_for(args, path: Path | None = None, require_model: bool = False) ->
     flags = [("model.path", "model", "--model"), ("storage.database", "db", "--db")]
     overrides = [Override(key, getattr(args, name), flag) for key, name, flag in flags if getattr(args, name, None)]
     settings = load_settings(path or config_path(args), overrides, require_model=require_model)
-    updates = {}
+    updates: dict[str, Any] = {}
     if getattr(args, "device", None) is not None:
         device = int(args.device) if args.device.isdigit() else args.device
         updates["audio"] = settings.audio.model_copy(update={"device": device})

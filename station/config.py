@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -81,7 +82,7 @@ class DetectionSettings(Section):
     include: list[str] = []
     exclude: list[str] = []
     merge_gap_seconds: float = Field(0.0, ge=0.0)
-    classes: Literal["birds", "all"] = "birds"  # birds: a model's non-bird classes (Dog, Engine, frogs ...) are not detected
+    classes: Literal["birds", "all"] = "birds"  # birds: a model's non-bird classes (Dog, frogs ...) are not detected
 
     @field_validator("species_thresholds")
     @classmethod
@@ -293,11 +294,18 @@ def _validate(data: dict) -> tuple[Settings, set[str], list[Problem]]:
             problems.append(Problem((name,), _unknown_key(name, fields)))
             continue
         try:
-            sections[name] = fields[name].annotation.model_validate({} if value is None else value)
+            sections[name] = _section_model(name).model_validate({} if value is None else value)
         except ValidationError as exc:
             invalid.add(name)
             problems += _pydantic_problems(exc, name, value)
     return Settings(**sections), invalid, problems
+
+
+def _section_model(section: str) -> type[Section]:
+    """The model class of one top-level section of Settings (each is a Section subclass)."""
+    model = Settings.model_fields[section].annotation
+    assert isinstance(model, type) and issubclass(model, Section)  # every field of Settings is a Section
+    return model
 
 
 def _pydantic_problems(exc: ValidationError, section: str, value: Any) -> list[Problem]:
@@ -306,7 +314,7 @@ def _pydantic_problems(exc: ValidationError, section: str, value: Any) -> list[P
     for error in exc.errors():
         loc = (section, *_in_data(error["loc"], value))
         if error["type"] == "extra_forbidden":
-            model = Settings.model_fields[section].annotation
+            model = _section_model(section)
             message = _unknown_key(error["loc"][-1], _fields_at(model, error["loc"][:-1]))
         else:
             message = error["msg"]
@@ -319,9 +327,8 @@ def _in_data(loc: tuple, value: Any) -> tuple:
     """The part of pydantic's error location that names keys in the file (not union members)."""
     kept = []
     for part in loc:
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value):
+        in_list = isinstance(value, list) and isinstance(part, int) and 0 <= part < len(value)
+        if (isinstance(value, dict) and part in value) or in_list:
             value = value[part]
         else:
             break

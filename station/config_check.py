@@ -17,8 +17,9 @@ import json
 import os
 import ssl
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .config_file import Problem
 from .errors import ModelError

@@ -13,13 +13,12 @@ store can keep open events durable and mark them closed once final.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Iterable, Sequence
 
 from .names import name_key
 from .types import Detection, Scores, Species
-
 
 # Event ids are derived from what the event is, so the same audio replayed again (after a
 # crash, or by mistake) gives the same ids: the store upserts instead of duplicating.
@@ -113,7 +112,8 @@ class Detector:
         event = self._open.get(key)
         if event is None:
             det = Detection(
-                id=event_id(self.station, self.model, w.source, species.label, w.start_time), station=self.station, source=w.source, model=self.model,
+                id=event_id(self.station, self.model, w.source, species.label, w.start_time),
+                station=self.station, source=w.source, model=self.model,
                 species=species, confidence=score, mean_confidence=score, window_count=1,
                 start_time=w.start_time, end_time=w.end_time, start_offset=w.start_offset,
                 end_offset=w.end_offset, alternatives=alternatives)

@@ -48,8 +48,10 @@ class Evidence:
                 self.counters.clips_withheld += 1
                 return det
         cut = self.buffer.cut(det.source, start, end)
-        path = self.writer.write(det.id, readable_name(det.species), det.start_time, cut.samples,
-                                 cut.sample_rate) if cut is not None else None
+        if cut is None:
+            self.counters.clips_missing += 1
+            return det
+        path = self.writer.write(det.id, readable_name(det.species), det.start_time, cut.samples, cut.sample_rate)
         if path is None:
             self.counters.clips_missing += 1
             return det

@@ -10,9 +10,9 @@ import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from .alerts import AlertWriter, local_midnight
 from .config import AlertSettings

@@ -5,8 +5,8 @@ Only numpy and onnxruntime here: the daemon never imports torch or transformers.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -83,7 +83,7 @@ class OnnxClassifier:
         self._check_signature(path)
 
     @classmethod
-    def from_path(cls, path: Path, **kwargs) -> "OnnxClassifier":
+    def from_path(cls, path: Path, **kwargs) -> OnnxClassifier:
         return cls(load_folder(path), **kwargs)
 
     def _check_signature(self, path: Path) -> None:

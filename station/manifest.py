@@ -4,11 +4,13 @@ No file access here: `model_folder` reads the bytes and checks the files the man
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .errors import ModelError
 
@@ -60,7 +62,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> "Manifest":
+    def from_json(cls, data: Any, where: str) -> Manifest:
         top = _Fields(data, where)
         schema = top.whole("schema", 1, 10**6, default=MANIFEST_SCHEMA)
         if schema > MANIFEST_SCHEMA:
@@ -112,7 +114,7 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
     return Manifest.from_json(data, where)
 
 
-def _label_groups(section: "_Fields") -> dict[str, list[str]]:
+def _label_groups(section: _Fields) -> dict[str, list[str]]:
     """{group: [label, ...]} for the model's non-bird classes (amphibian, insect, mammal, human, sound)."""
     for group, labels in section.data.items():
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
@@ -168,7 +170,7 @@ class _Fields:
             raise ModelError(f"{self.where}: unknown {self.prefix}{key} {_show(value)} (known: {', '.join(known)})")
         return value
 
-    def section(self, key: str, default: Any = _REQUIRED) -> "_Fields":
+    def section(self, key: str, default: Any = _REQUIRED) -> _Fields:
         return _Fields(self._get(key, default), self.where, f"{self.prefix}{key}.")
 
 
@@ -212,10 +214,8 @@ def _range_model(fields: _Fields) -> dict[str, Any]:
 
 def tool_versions(packages: Iterable[str]) -> dict[str, str]:
     """The installed versions of the tools that made a model folder (for its manifest); absent ones left out."""
-    versions = {}
+    versions: dict[str, str] = {}
     for package in packages:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return versions

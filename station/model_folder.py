@@ -63,7 +63,8 @@ def load_folder(path: Path) -> ModelFolder:
     """
     path = Path(path)
     if not path.is_dir():
-        raise ModelError(f"{path}: no model folder here (build BirdNET with `station model ensure`, or export one with `station model export`)")
+        raise ModelError(f"{path}: no model folder here (build BirdNET with `station model ensure`, "
+                         "or export one with `station model export`)")
     manifest = parse_manifest(_read_small(path / MANIFEST, f"missing (not a model folder? {REDO})"),
                               str(path / MANIFEST))
     _check_listed(manifest, path / MANIFEST)
@@ -151,7 +152,8 @@ def parse_labels(raw: bytes, where: Path) -> tuple[Species, ...]:
     if not rows or "label" not in rows[0][1]:
         raise ModelError(f"{where}: expected a header 'label<TAB>scientific_name<TAB>common_name'")
     header = rows[0][1]
-    labels, seen = [], {}
+    labels: list[Species] = []
+    seen: dict[str, int] = {}
     for line, row in rows[1:]:
         if len(row) > len(header):
             raise ModelError(f"{where}:{line}: {len(row)} fields but the header has {len(header)}")

@@ -7,11 +7,11 @@ source, classify what the windower still holds, close open events, record the ru
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from threading import Event
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from threading import Event
 
 from .detection import Detector
 from .errors import StorageError

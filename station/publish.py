@@ -7,7 +7,7 @@ entity fires on it); the closing one says `detection_update`.
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import sqlite_utils
 

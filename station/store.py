@@ -10,10 +10,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import sqlite_utils
 
@@ -51,7 +51,7 @@ def iso(moment: datetime) -> str:
 
 
 def _v1_detections_and_runs(db: sqlite_utils.Database) -> None:
-    db["runs"].create(
+    db.table("runs").create(
         {
             "id": int, "station": str, "command": str, "model": str, "pid": int, "host": str,
             "started": str, "stopped": str, "status": str,
@@ -63,7 +63,7 @@ def _v1_detections_and_runs(db: sqlite_utils.Database) -> None:
         defaults={k: 0 for k in ("windows", "detections", "audio_seconds", "dropped_seconds",
                                   "overflows", "device_losses", "files_ok", "files_failed")},
     )
-    db["detections"].create(
+    db.table("detections").create(
         {
             "id": str, "run_id": int, "station": str, "source": str, "model": str,
             "label": str, "scientific_name": str, "common_name": str,
@@ -75,18 +75,18 @@ def _v1_detections_and_runs(db: sqlite_utils.Database) -> None:
         foreign_keys=[("run_id", "runs", "id")],
         not_null={"station", "source", "model", "label", "confidence", "start_time", "end_time", "status"},
     )
-    db["detections"].create_index(["start_time"])
-    db["detections"].create_index(["scientific_name", "start_time"])
-    db["detections"].create_index(["status"])
+    db.table("detections").create_index(["start_time"])
+    db.table("detections").create_index(["scientific_name", "start_time"])
+    db.table("detections").create_index(["status"])
 
 
 def _v2_alerts_and_outbox(db: sqlite_utils.Database) -> None:
-    db["alerts"].create(
+    db.table("alerts").create(
         {"id": str, "station": str, "type": str, "label": str, "scientific_name": str, "common_name": str,
          "detection_ids": str, "payload": str, "event_time": str, "created": str},
         pk="id", not_null={"station", "type", "detection_ids", "payload", "event_time", "created"})
-    db["alerts"].create_index(["type", "label", "event_time"])
-    db["alerts"].create_index(["created"])
+    db.table("alerts").create_index(["type", "label", "event_time"])
+    db.table("alerts").create_index(["created"])
     db.execute("""CREATE TABLE outbox (
         id INTEGER PRIMARY KEY AUTOINCREMENT, topic TEXT NOT NULL, payload TEXT NOT NULL,
         qos INTEGER NOT NULL DEFAULT 1, retain INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL,
@@ -96,8 +96,8 @@ def _v2_alerts_and_outbox(db: sqlite_utils.Database) -> None:
 
 
 def _v3_run_device_recoveries_and_dropped_tail(db: sqlite_utils.Database) -> None:
-    db["runs"].add_column("device_recoveries", int, not_null_default=0)
-    db["runs"].add_column("dropped_tail_seconds", float, not_null_default=0.0)
+    db.table("runs").add_column("device_recoveries", int, not_null_default=0)
+    db.table("runs").add_column("dropped_tail_seconds", float, not_null_default=0.0)
 
 
 def _v4_alert_score_and_source(db: sqlite_utils.Database) -> None:
@@ -105,12 +105,13 @@ def _v4_alert_score_and_source(db: sqlite_utils.Database) -> None:
 
     Alerts stored before keep both in their payload and their detections: filled from there.
     """
-    db["alerts"].add_column("score", float)
-    db["alerts"].add_column("source", str)
+    db.table("alerts").add_column("score", float)
+    db.table("alerts").add_column("source", str)
     db.execute("""UPDATE alerts SET
         score = COALESCE(json_extract(payload, '$.details.confidence'), json_extract(payload, '$.details.best.score')),
         source = COALESCE(json_extract(payload, '$.details.source'),
-                          (SELECT d.source FROM detections d WHERE d.id = json_extract(alerts.detection_ids, '$[0]')))""")
+                          (SELECT d.source FROM detections d
+                           WHERE d.id = json_extract(alerts.detection_ids, '$[0]')))""")
 
 
 def _v5_xc_recordings(db: sqlite_utils.Database) -> None:
@@ -118,20 +119,20 @@ def _v5_xc_recordings(db: sqlite_utils.Database) -> None:
 
     Before this step `xc seed` created the table itself: a database that has it keeps it as it is.
     """
-    if not db["xc_recordings"].exists():
+    if not db.table("xc_recordings").exists():
         columns = ["path", "source", "commit", "scientific_name", "common_name", "label_source", "license",
                    "duration_s", "sample_rate", "channels", "notes", "xc_id", "recordist", "quality", "url", "also"]
-        db["xc_recordings"].create({c: str for c in columns}, pk="xc_id")
+        db.table("xc_recordings").create({c: str for c in columns}, pk="xc_id")
 
 
 def _v6_clip_offsets_and_pruning(db: sqlite_utils.Database) -> None:
     """Where a detection's clip starts and ends in its source, and when the disk budget pruned it."""
-    db["detections"].add_column("clip_start_offset", float)
-    db["detections"].add_column("clip_end_offset", float)
-    db["detections"].add_column("clip_pruned", str)
-    db["detections"].create_index(["clip_path"])
+    db.table("detections").add_column("clip_start_offset", float)
+    db.table("detections").add_column("clip_end_offset", float)
+    db.table("detections").add_column("clip_pruned", str)
+    db.table("detections").create_index(["clip_path"])
     for counter in ("clips_written", "clips_withheld", "clips_missing", "windows_masked"):
-        db["runs"].add_column(counter, int, not_null_default=0)
+        db.table("runs").add_column(counter, int, not_null_default=0)
 
 
 # Append only: a migration, once released, never changes. user_version = len(applied).
@@ -252,7 +253,7 @@ def detection_row(det: Detection, run_id: int | None) -> dict:
         "window_count": det.window_count,
         "start_time": iso(det.start_time), "end_time": iso(det.end_time),
         "start_offset": round(det.start_offset, 6), "end_offset": round(det.end_offset, 6),
-        "alternatives": json.dumps([{"label": l, "score": round(s, 6)} for l, s in det.alternatives]),
+        "alternatives": json.dumps([{"label": label, "score": round(score, 6)} for label, score in det.alternatives]),
         "clip_path": det.clip.path if det.clip else None,
         "clip_start_offset": round(det.clip.start_offset, 6) if det.clip else None,
         "clip_end_offset": round(det.clip.end_offset, 6) if det.clip else None,
@@ -291,7 +292,7 @@ class Store:
         self.after_commit: list[Callable[[], None]] = []  # called after each outermost transaction commits
 
     @classmethod
-    def open(cls, path: Path | str) -> "Store":
+    def open(cls, path: Path | str) -> Store:
         db = connect(path)
         reserve = None if str(path) == ":memory:" else Path(f"{path}-reserve")
         if reserve is not None:
@@ -324,17 +325,19 @@ class Store:
 
     def start_run(self, station: str, command: str, model: str) -> int:
         with write_transaction(self.db):
-            return self.db["runs"].insert({
+            run_id = self.db.table("runs").insert({
                 "station": station, "command": command, "model": model, "pid": os.getpid(),
                 "host": os.uname().nodename, "started": utc_now(), "status": "running",
             }).last_pk
+        assert isinstance(run_id, int)  # runs.id is an INTEGER PRIMARY KEY
+        return run_id
 
     def update_run(self, run_id: int, counters: dict, status: str | None = None) -> None:
         values = dict(counters)
         if status:
             values.update(status=status, stopped=utc_now())
         with write_transaction(self.db):
-            self.db["runs"].update(run_id, values)
+            self.db.table("runs").update(run_id, values)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite_utils.Database]:
@@ -357,7 +360,7 @@ class Store:
             final = {r[0] for r in self.db.execute(
                 f"SELECT id FROM detections WHERE status = 'closed' AND id IN ({marks})", [d.id for d in detections])}
             changed = [d for d in detections if d.id not in final]
-            self.db["detections"].upsert_all([detection_row(d, run_id) for d in changed], pk="id")
+            self.db.table("detections").upsert_all([detection_row(d, run_id) for d in changed], pk="id")
         return changed
 
     def recent(self, limit: int = 20) -> list[dict]:

@@ -7,10 +7,11 @@ another stage what it meant.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from threading import Event
-from typing import Iterator, Literal, Protocol, Sequence
+from typing import Literal, Protocol
 
 import numpy as np
 import sqlite_utils
@@ -123,7 +124,7 @@ class Detection:
     status: DetectionStatus = "open"
     clip: ClipRef | None = None
 
-    def closed(self) -> "Detection":
+    def closed(self) -> Detection:
         return dataclasses.replace(self, status="closed")
 
 

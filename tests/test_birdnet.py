@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pytest
 
-from conftest import T0, station_cli, write_config
+from conftest import station_cli, write_config
 from station.config import Settings
 from station.detection import Detector, SpeciesFilter
 from station.inference import OnnxClassifier
@@ -58,7 +58,8 @@ def test_scores_match_litert_on_real_recordings(birdnet, shared_data):
     from station.birdnet import find_birdnet_files, litert_outputs, onnx_outputs, recording_windows
 
     batch = recording_windows([shared_data / r for r in RECORDINGS])
-    ours, theirs = onnx_outputs(birdnet / "model.onnx", batch), litert_outputs(find_birdnet_files()["classifier"], batch)
+    ours = onnx_outputs(birdnet / "model.onnx", batch)
+    theirs = litert_outputs(find_birdnet_files()["classifier"], batch)
     assert len(batch) >= 16
     assert np.abs(ours - theirs).max() < 1e-3
     for a, b in zip(ours, theirs):
@@ -156,15 +157,18 @@ def test_the_species_list_follows_the_week(birdnet, tmp_path):
 
 def test_soundscape_precision_and_recall_at_the_default_threshold(birdnet, shared_data, tmp_path):
     recording = shared_data / "audio" / "soundscapes" / "BLKFR-10-CPL_20190611_093000.mp3"
-    labels = list(csv.DictReader(open(recording.with_name(recording.stem + "_5s_labels.csv"))))
+    with open(recording.with_name(recording.stem + "_5s_labels.csv")) as f:
+        labels = list(csv.DictReader(f))
     truth = {(int(float(r["start_s"])) // 5, r["scientific_name"]) for r in labels if r["ebird_code"] != "nocall"}
     figures = {}
     for name, location in (("plain", ""), ("range", "location:\n  lat: 39.1\n  lon: -120.2\n  week: 23\n")):
         config = write_config(tmp_path / f"{name}.yaml", f"model:\n  path: {birdnet}\n{location}")
         db = tmp_path / f"{name}.db"
-        assert station_cli("replay", str(recording), "--config", str(config), "--db", str(db), cwd=tmp_path).returncode == 0
+        replayed = station_cli("replay", str(recording), "--config", str(config), "--db", str(db), cwd=tmp_path)
+        assert replayed.returncode == 0
         import sqlite3
-        rows = sqlite3.connect(db).execute("SELECT scientific_name, start_offset, end_offset FROM detections").fetchall()
+        rows = sqlite3.connect(db).execute(
+            "SELECT scientific_name, start_offset, end_offset FROM detections").fetchall()
         predicted = {(seg, s) for s, a, b in rows for seg in range(int(a // 5), math.ceil(b / 5))}
         hits = len(predicted & truth)
         figures[name] = (hits / len(predicted), hits / len(truth))
@@ -195,7 +199,8 @@ def test_without_the_converter_the_first_run_says_how_to_get_birdnet(tmp_path, m
     with pytest.raises(ModelError) as error:
         first_run.ensure_model(folder)
     message = str(error.value)
-    assert "scripts/setup.sh --convert" in message and "station model convert-birdnet --out models/birdnet-v2.4" in message
+    assert "scripts/setup.sh --convert" in message
+    assert "station model convert-birdnet --out models/birdnet-v2.4" in message
     assert f"rsync -a models/birdnet-v2.4/ <this machine>:{folder}/" in message
     assert first_run.plan(tmp_path / "bird_sounds_classification") is first_run.Plan.EXPORT_BY_HAND
 
@@ -233,8 +238,8 @@ def test_privacy_keeps_people_out_of_detections_and_clips_and_keeps_the_birds(bi
             assert e["clip_end_offset"] <= cafe_start or e["clip_start_offset"] >= cafe_end, "no clip holds the café"
     (run,) = rows(db, "SELECT windows_masked FROM runs")
     assert run["windows_masked"] > 0
-    payload_labels = {json_module.loads(a["payload"])["species"]["label"] for a in rows(db, "SELECT payload FROM alerts")
-                      if json_module.loads(a["payload"])["species"]}
+    payloads = [json_module.loads(a["payload"]) for a in rows(db, "SELECT payload FROM alerts")]
+    payload_labels = {p["species"]["label"] for p in payloads if p["species"]}
     assert not [label for label in payload_labels if label.startswith("Human")]
 
 

@@ -38,7 +38,8 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ("detection:\n  threshold: 1.5\n", "c.yaml:2: detection.threshold: Input should be less than or equal to 1"),
     ("detection:\n  treshold: 0.5\n", "c.yaml:2: detection.treshold: unknown key"),
-    ("station:\n  id: ok\nwindowing:\n  hop_seconds: -1\n", "c.yaml:4: windowing.hop_seconds: Input should be greater than 0"),
+    ("station:\n  id: ok\nwindowing:\n  hop_seconds: -1\n",
+     "c.yaml:4: windowing.hop_seconds: Input should be greater than 0"),
     ("audio:\n  channels: two\n", "c.yaml:2: audio.channels: Input should be a valid integer"),
     ("detection:\n  species_thresholds:\n    Tawny Owl: 2\n", "c.yaml:2: detection.species_thresholds"),
     ("detection: [1, 2\n", "not valid YAML"),
@@ -172,7 +173,7 @@ def test_a_database_path_that_cannot_be_a_database_is_refused(station_dir, datab
     (station_dir / "plain").write_text("a regular file, not a folder and not SQLite\n")
     database, message = database.format(tmp=station_dir), message.format(tmp=station_dir)
     lines = problems_of(write_config(station_dir / "c.yaml", f"storage:\n  database: {database}\n"))
-    assert len(lines) == 1 and f"c.yaml:2: storage.database: " in lines[0] and message in lines[0], lines
+    assert len(lines) == 1 and "c.yaml:2: storage.database: " in lines[0] and message in lines[0], lines
 
 
 def test_a_database_on_a_read_only_file_system_is_refused(station_dir):

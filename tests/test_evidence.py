@@ -1,5 +1,6 @@
 """Clips through the whole station: a replay writes each closed event's audio, exactly, or says why not."""
 import json
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -42,7 +43,7 @@ def test_a_replay_writes_a_clip_per_closed_event_equal_to_the_source_span(tiny_m
     shown = station_cli("clips", "show", events[0]["id"][:8], "--db", str(db), cwd=tmp_path)
     clip_file, png = shown.stdout.split()
     assert shown.returncode == 0 and clip_file.endswith(events[0]["clip_path"]) and png.endswith(".png")
-    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_with_the_disk_nearly_full_no_clip_is_written_but_detection_goes_on(tiny_model, gwwa, tmp_path):

@@ -102,6 +102,7 @@ class ScriptedClassifier:
     model_name = "scripted"
     labels = (OWL, MAGPIE)
     manifest = SimpleNamespace(window_seconds=3.0, resampler="soxr")
+    folder = SimpleNamespace(non_bird_labels=frozenset())
 
     def __init__(self, script: dict[float, tuple[float, float]]):
         self.script = script
