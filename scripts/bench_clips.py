@@ -37,7 +37,8 @@ from station.clips import ClipBuffer, ClipWriter
 from station.decode import open_audio
 from station.prune import ClipPruner
 from station.spectrogram import spectrogram_png
-from station.store import connect, iso, write_transaction
+from station.store import connect, write_transaction
+from station.timefmt import iso
 from station.types import AudioChunk
 
 T0 = datetime(2026, 5, 1, 5, 0, tzinfo=timezone.utc)

@@ -33,7 +33,7 @@ from .config import AlertSettings
 from .detection import EVENT_NAMESPACE, SpeciesFilter
 from .messages import Topics, alert_payload, encode
 from .outbox import enqueue
-from .store import iso, utc_now
+from .timefmt import iso, utc_now
 from .types import Detection, Scores, Species
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,13 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from .names import name_key
 from .types import Detection, Scores, Species
+
+if TYPE_CHECKING:  # the range filter loads onnxruntime; the detector only calls it
+    from .range_filter import RangeFilter
 
 # Event ids are derived from what the event is, so the same audio replayed again (after a
 # crash, or by mistake) gives the same ids: the store upserts instead of duplicating.
@@ -68,11 +72,11 @@ class SpeciesFilter:
 
 class Detector:
     def __init__(self, station: str, model: str, species_filter: SpeciesFilter, top_k: int = 3,
-                 merge_gap_seconds: float = 0.0, range_filter=None):
+                 merge_gap_seconds: float = 0.0, range_filter: RangeFilter | None = None):
         self.station = station
         self.model = model
         self.filter = species_filter
-        self.range_filter = range_filter  # station.range_filter.RangeFilter, or None
+        self.range_filter = range_filter
         self.top_k = top_k
         self.merge_gap_seconds = merge_gap_seconds
         self._open: dict[tuple[str, str], _Event] = {}

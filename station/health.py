@@ -18,8 +18,9 @@ from .alerts import AlertWriter, local_midnight
 from .config import AlertSettings
 from .messages import HEALTH_SCHEMA, Topics, encode
 from .outbox import backlog
-from .store import connect, iso, write_transaction
+from .store import connect, write_transaction
 from .supervise import Supervised, Supervisor
+from .timefmt import iso
 
 log = logging.getLogger(__name__)
 

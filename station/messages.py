@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .store import iso
+from .timefmt import iso
 from .types import Detection, Species
 
 DETECTION_SCHEMA = "field-station/detection/3"  # 2: status, published on open; 3: clip

@@ -27,8 +27,9 @@ from .config import MqttSettings
 from .errors import StationError
 from .messages import OFFLINE, ONLINE, Topics
 from .outbox import backlog, mark_sent, purge_sent, unsent
-from .store import connect, iso
+from .store import connect
 from .supervise import Supervised, Supervisor
+from .timefmt import iso
 
 log = logging.getLogger(__name__)
 

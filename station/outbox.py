@@ -11,7 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
 
-from .store import iso, utc_now, write_transaction
+from .store import write_transaction
+from .timefmt import iso, utc_now
 
 
 def enqueue(db: sqlite_utils.Database, topic: str, payload: str, qos: int = 1, retain: bool = False) -> int:

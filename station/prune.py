@@ -29,7 +29,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from .store import connect, utc_now, write_transaction
+from .store import connect, write_transaction
+from .timefmt import utc_now
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlite_utils
 
 from .errors import StorageError
+from .timefmt import iso, parse_iso, utc_now
 from .types import ClipRef, Detection, Species
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,6 @@ class BusyCounter:
 
 
 busy = BusyCounter()
-
-
-def utc_now() -> str:
-    return iso(datetime.now(timezone.utc))
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _v1_detections_and_runs(db: sqlite_utils.Database) -> None:
@@ -273,10 +265,6 @@ def detection_from_row(row: dict) -> Detection:
         status=row["status"],
         clip=ClipRef(row["clip_path"], row["clip_start_offset"], row["clip_end_offset"])
         if row["clip_path"] and not row["clip_pruned"] else None)
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 class Store:

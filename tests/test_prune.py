@@ -9,8 +9,9 @@ import pytest
 
 from conftest import T0
 from station.prune import ClipPruner
-from station.store import connect, iso, write_transaction
+from station.store import connect, write_transaction
 from station.supervise import Supervisor
+from station.timefmt import iso
 
 KB = 1024
 
