@@ -136,13 +136,17 @@ class _SequentialFile(sf.SoundFile):
 
 
 def _soundfile_blocks(path: Path, info, block_seconds: float) -> Iterator[np.ndarray]:
-    block = max(1, int(block_seconds * info.samplerate))
+    block, position = max(1, int(block_seconds * info.samplerate)), 0
     try:
         with _SequentialFile(str(path)) as f:
             while True:
-                data = f.read(block, dtype="float32", always_2d=True)
+                # soundfile allocates what is asked for: no more than the header's length (an estimate
+                # for MP3, so never less than a second), not a whole block for a short file's end
+                data = f.read(min(block, max(info.frames - position, info.samplerate)), dtype="float32",
+                              always_2d=True)
                 if not len(data):
                     return
+                position += len(data)
                 yield to_mono(data)
     except (sf.LibsndfileError, RuntimeError) as exc:
         raise AudioInputError(f"{path}: corrupt audio data: {_libsndfile_reason(exc)}") from None

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from conftest import tone
 from station.decode import open_audio, to_mono
 
 BLOCK_SECONDS = (0.37, 1.0, 10.0)
@@ -58,3 +59,12 @@ def test_flac_and_ogg_read_the_same_in_any_block_size(shared_data, tmp_path, suf
     path = tmp_path / f"ssw51{suffix}"
     sf.write(path, audio, rate)
     assert differences(path) == []
+
+
+def test_a_block_longer_than_the_file_reads_only_the_file(tmp_path):
+    """Blocks are allocated before they are read: a short file's block must not be the whole block size."""
+    path = tmp_path / "short.wav"
+    sf.write(path, tone(48000, 2.0, channels=2), 48000)
+    info, blocks = open_audio(path, block_seconds=1e9)  # 48e12 frames if allocated as asked
+    (block,) = list(blocks)
+    assert len(block) == 96000 and np.array_equal(block, whole_file(path))
