@@ -65,6 +65,6 @@ def test_a_block_longer_than_the_file_reads_only_the_file(tmp_path):
     """Blocks are allocated before they are read: a short file's block must not be the whole block size."""
     path = tmp_path / "short.wav"
     sf.write(path, tone(48000, 2.0, channels=2), 48000)
-    info, blocks = open_audio(path, block_seconds=1e9)  # 48e12 frames if allocated as asked
+    _, blocks = open_audio(path, block_seconds=1e9)  # 48e12 frames if allocated as asked
     (block,) = list(blocks)
     assert len(block) == 96000 and np.array_equal(block, whole_file(path))
