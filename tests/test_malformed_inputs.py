@@ -9,11 +9,11 @@ good file stored.
 import math
 import os
 import re
-import sqlite3
 
 import pytest
 
 from conftest import station_cli, write_config
+from helpers import rows
 from malformed_corpus import build_corpus
 
 CONFIG = """
@@ -34,15 +34,6 @@ def expected_windows(seconds: float, window=3.0, hop=1.5, tail_min=1.0) -> int:
     full = max(0, math.floor((seconds - window) / hop) + 1)
     covered = (full - 1) * hop + window if full else 0.0
     return full + (seconds - covered >= tail_min)
-
-
-def query(db, sql, *args):
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute(sql, args)]
-    finally:
-        conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +99,7 @@ def test_each_bad_file_is_one_line_and_no_file_has_more(replayed):
 
 def test_the_counts_match_the_corpus(replayed):
     corpus, _, db = replayed
-    (run,) = query(db, "SELECT * FROM runs")
+    (run,) = rows(db, "SELECT * FROM runs")
     assert run["status"] == "stopped"
     assert run["files_failed"] == sum(e.expect == "bad" for e in corpus.entries)
     assert run["files_ok"] == sum(e.expect == "good" for e in corpus.entries)
@@ -118,7 +109,7 @@ def test_the_counts_match_the_corpus(replayed):
 
 def test_every_good_file_is_stored_to_its_end(replayed):
     corpus, _, db = replayed
-    ends = {r["source"]: r["end"] for r in query(db, "SELECT source, max(end_offset) AS end FROM detections "
+    ends = {r["source"]: r["end"] for r in rows(db, "SELECT source, max(end_offset) AS end FROM detections "
                                                      "GROUP BY source")}
     for entry in corpus.entries:
         if entry.expect != "good" or not expected_windows(entry.seconds):
