@@ -63,7 +63,8 @@ class Pipeline:
                 self._process(self.windower.push(chunk))
                 if chunk.final:
                     self._end_of_stream(chunk.source)
-                self.notifier.progress(self.summary_line())
+                # The summary goes with READY only: no snapshot is built for every chunk after that.
+                self.notifier.progress(None if self.notifier.ready else self.summary_line())
         except StorageError:
             self._close_after_storage_failure()
             raise
