@@ -66,14 +66,12 @@ def start_mqtt(settings: Settings, topics: Topics, model: str, supervisor: Super
     return service
 
 
-def recover(store: Store, listeners: list[BatchListener]) -> None:
+def recover(store: Store, publisher: DetectionPublisher | None) -> None:
     """Events a crashed run left open are closed as `recovered` and published like any other."""
     recovered = store.recover()
-    if recovered:
+    if recovered and publisher is not None:
         with store.transaction():
-            for listener in listeners:
-                if isinstance(listener, DetectionPublisher):
-                    listener.publish(store.db, recovered)
+            publisher.publish(store.db, recovered)
 
 
 def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
@@ -91,10 +89,11 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
     mqtt = health = None
     try:
         topics = Topics(settings.mqtt.topic_prefix, settings.station.id) if settings.mqtt.enabled else None
+        publisher = DetectionPublisher(topics) if topics else None
         listeners: list[BatchListener] = [AlertEngine(settings.alerts, settings.station.id, topics)]
-        if topics:
-            listeners.insert(0, DetectionPublisher(topics))
-        recover(store, listeners)
+        if publisher is not None:
+            listeners.insert(0, publisher)
+        recover(store, publisher)
         run_id = store.start_run(settings.station.id, command, classifier.model_name)
         log.info("%s: %s -> %s (model %s, run %d)", command, source.name,
                  settings.storage.database, classifier.model_name, run_id)
