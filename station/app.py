@@ -54,12 +54,12 @@ def stop_on_signals() -> Iterator[Event]:
             signal.signal(sig, old)
 
 
-def start_mqtt(settings: Settings, topics: Topics, model: str, supervisor: Supervisor) -> MqttService:
+def start_mqtt(settings: Settings, topics: Topics, model: str, supervisor: Supervisor, command: str) -> MqttService:
     discovery = None
     if settings.mqtt.homeassistant.enabled:
         discovery = Discovery(topics, settings.mqtt.homeassistant.discovery_prefix, model)
     service = MqttService(settings.mqtt, topics, settings.storage.database, read_secret("mqtt_password"),
-                          on_connected=discovery.announce if discovery else None)
+                          on_connected=discovery.announce if discovery else None, command=command)
     if discovery:
         discovery.attach(service)
     service.start(supervisor)
@@ -103,7 +103,7 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
             detector, store, run_id, stop, listeners=listeners,
             summary_seconds=settings.logging.summary_seconds, notifier=Notifier.from_environment(),
             privacy=privacy, evidence=build_evidence(settings, privacy))
-        mqtt = start_mqtt(settings, topics, classifier.model_name, supervisor) if topics else None
+        mqtt = start_mqtt(settings, topics, classifier.model_name, supervisor, command) if topics else None
         if mqtt:
             store.after_commit.append(mqtt.wake)
         health = HealthMonitor(

@@ -9,10 +9,16 @@ never not at all. Publishing survives any disconnect timing: a publish refused o
 with the connection just means "send again after the reconnect". The retained status topic says
 `online` once the broker accepted us and `offline` on a clean stop; the same `offline`
 is the last will for an unclean one. Each connection state change is logged once.
+
+Only the daemon speaks for the station's availability. A replay (or any other command)
+connects under its own client id and leaves the status topic alone: a broker drops the
+older of two connections with one client id, so a replay sharing the daemon's id would
+knock both offline in turn, and its `offline` would mark a running station down.
 """
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 import time
@@ -42,11 +48,16 @@ IDLE_SECONDS = 1.0  # the sender is woken by commits and acknowledgements; this 
 PURGE_EVERY_SECONDS = 3600.0
 
 
-def make_client(settings: MqttSettings, topics: Topics, password: str | None) -> paho.Client:
-    """A paho client with identity, last will, credentials, TLS and reconnect backoff set."""
-    client = paho.Client(CallbackAPIVersion.VERSION2,
-                         client_id=settings.client_id or f"field-station-{topics.station}")
-    client.will_set(topics.status, OFFLINE, qos=1, retain=True)
+def client_id(settings: MqttSettings, topics: Topics, command: str) -> str:
+    base = settings.client_id or f"field-station-{topics.station}"
+    return base if command == "run" else f"{base}-{command}-{os.getpid()}"
+
+
+def make_client(settings: MqttSettings, topics: Topics, password: str | None, command: str = "run") -> paho.Client:
+    """A paho client with identity, last will (the daemon's), credentials, TLS and reconnect backoff set."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id(settings, topics, command))
+    if command == "run":
+        client.will_set(topics.status, OFFLINE, qos=1, retain=True)
     if settings.username:
         client.username_pw_set(settings.username, password)
     if settings.tls:
@@ -76,9 +87,10 @@ def _guarded(callback: Callable) -> Callable:
 
 class MqttService:
     def __init__(self, settings: MqttSettings, topics: Topics, database: Path, password: str | None,
-                 on_connected: Callable[[MqttService], None] | None = None):
+                 on_connected: Callable[[MqttService], None] | None = None, command: str = "run"):
         self.settings = settings
         self.topics = topics
+        self.speaks_for_station = command == "run"
         self.database = database
         self.on_connected = on_connected
         self.connected = threading.Event()
@@ -88,12 +100,12 @@ class MqttService:
         self._restart_from_oldest = threading.Event()
         self._wake = threading.Event()
         self._message_handlers: dict[str, Callable[[str], None]] = {}
-        self.client = self._make_client(password)
+        self.client = self._make_client(password, command)
         self._sender: Supervised | None = None
         self._connection_lost_at: datetime | None = None
 
-    def _make_client(self, password: str | None) -> paho.Client:
-        client = make_client(self.settings, self.topics, password)
+    def _make_client(self, password: str | None, command: str) -> paho.Client:
+        client = make_client(self.settings, self.topics, password, command)
         client.on_connect = _guarded(self._on_connect)
         client.on_connect_fail = _guarded(self._on_connect_fail)
         client.on_disconnect = _guarded(self._on_disconnect)
@@ -128,7 +140,8 @@ class MqttService:
             self._log_state(f"connection refused: {reason_code} (check mqtt.username and the mqtt_password "
                             "secret); detections are kept in the outbox", logging.ERROR)
             return
-        client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        if self.speaks_for_station:
+            client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         for topic in self._message_handlers:
             client.subscribe(topic, qos=1)
         self._restart_from_oldest.set()
@@ -219,13 +232,15 @@ class MqttService:
         db = connect(self.database)
         try:
             deadline = time.monotonic() + flush_seconds
-            while self.connected.is_set() and time.monotonic() < deadline and backlog(db):
+            # A connection lost a moment ago is waited for too: the client is reconnecting.
+            while (self.connected.is_set() or self._connection_lost_at is not None) \
+                    and time.monotonic() < deadline and backlog(db):
                 time.sleep(POLL_SECONDS)
             self._stop.set()
             self._wake.set()
             if self._sender is not None:
                 self._sender.stop(5)
-            if self.connected.is_set():
+            if self.connected.is_set() and self.speaks_for_station:
                 self.client.publish(self.topics.status, OFFLINE, qos=1, retain=True).wait_for_publish(2)
             self.client.disconnect()
             self.client.loop_stop()

@@ -65,6 +65,10 @@ class Mosquitto:
                 time.sleep(0.05)
         raise RuntimeError("mosquitto did not start")
 
+    def log(self) -> str:
+        path = self.folder / "mosquitto.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()

@@ -132,6 +132,7 @@ def test_a_replay_with_mqtt_survives_readers_and_a_second_writer_on_the_same_dat
         with sqlite3.connect(db) as conn:
             stored = {r[0] for r in conn.execute("SELECT id FROM detections WHERE status = 'closed'")}
         subscriber.wait_for(lambda: {m["id"] for m in subscriber.json("station/")} >= stored)
+        assert "already connected" not in broker.log(), "each replay connects under a client id of its own"
     finally:
         broker.stop()
         subscriber.close()

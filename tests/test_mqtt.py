@@ -45,9 +45,16 @@ def mqtt_config(port: int, extra: str = "") -> str:
 def test_a_replay_publishes_every_detection_and_alert_valid_against_the_schemas(broker, tiny_model, gwwa, tmp_path):
     subscriber = Subscriber(broker.port, "station/#")
     config = write_config(tmp_path / "c.yaml", mqtt_config(broker.port))
+    Store.open(tmp_path / "daemon.db").close()
+    daemon = MqttService(MqttSettings(enabled=True, port=broker.port), Topics("station", "st1"),
+                         tmp_path / "daemon.db", None)  # the station's own daemon, running meanwhile
+    daemon.start(Supervisor(threading.Event()))
+    assert daemon.connected.wait(10)
     result = station_cli("replay", str(gwwa), "--config", str(config), "--model", str(tiny_model),
                          "--db", str(tmp_path / "st.db"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "already connected" not in broker.log(), "the replay has a client id of its own"
+    assert daemon.connected.is_set()
     stored = rows(tmp_path / "st.db", "SELECT id FROM detections WHERE status = 'closed'")
     alerts = rows(tmp_path / "st.db", "SELECT id, type FROM alerts")
     assert stored and alerts, "the tiny model detects and NEW_SPECIES fires on a first replay"
@@ -61,9 +68,10 @@ def test_a_replay_publishes_every_detection_and_alert_valid_against_the_schemas(
     assert {a["id"] for a in published_alerts} == {a["id"] for a in alerts}
     for payload in published_alerts:
         jsonschema.validate(payload, SCHEMAS["alert"])
-    statuses = [p for t, p, _ in subscriber.messages if t == "station/st1/status"]
-    assert statuses[0] == "online" and statuses[-1] == "offline"
     assert rows(tmp_path / "st.db", "SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")[0]["n"] == 0
+    daemon.stop()
+    statuses = [p for t, p, _ in subscriber.messages if t == "station/st1/status"]
+    assert statuses == ["online", "offline"], "only the daemon speaks for the station's availability"
     subscriber.close()
 
 
@@ -175,7 +183,7 @@ def test_home_assistant_discovery_is_retained_and_re_announced(broker, tmp_path)
     topics = Topics("station", "st1")
     expected = discovery_messages(topics, "homeassistant", "m")
     subscriber = Subscriber(broker.port, "homeassistant/#", client_id="ha")
-    service = start_mqtt(settings, topics, "m", Supervisor(threading.Event()))
+    service = start_mqtt(settings, topics, "m", Supervisor(threading.Event()), "run")
     subscriber.wait_for(lambda: len(subscriber.messages) >= len(expected))
     configs = {t: json.loads(p) for t, p, _ in subscriber.messages}
     event = configs["homeassistant/event/field_station_st1/detection/config"]
