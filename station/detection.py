@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from .names import name_key
-from .types import Detection, Scores, Species
+from .types import Detection, Removal, Scores, Species
 
 if TYPE_CHECKING:  # the range filter loads onnxruntime; the detector only calls it
     from .range_filter import RangeFilter
@@ -80,6 +80,12 @@ class Detector:
         self.top_k = top_k
         self.merge_gap_seconds = merge_gap_seconds
         self._open: dict[tuple[str, str], _Event] = {}
+        self._removed: list[Removal] = []
+
+    def take_removed(self) -> list[Removal]:
+        """What the rules took away since the last call (the store keeps it for `detections --removed`)."""
+        removed, self._removed = self._removed, []
+        return removed
 
     def push(self, scores: Sequence[Scores]) -> list[Detection]:
         changed: dict[str, Detection] = {}
@@ -105,9 +111,17 @@ class Detector:
         top = scores.top(self.top_k)
         hits = [(sp, s) for sp, s in top if self.filter.allows(sp) and s >= self.filter.threshold_for(sp)]
         if self.range_filter is not None:
-            hits = [(sp, s) for sp, s in hits if self.range_filter.allows(sp, scores.window.start_time, s)]
+            hits = [(sp, s) for sp, s in hits if self._in_range(scores, sp, s)]
         alternatives = tuple((sp.label, s) for sp, s in top)
         return [self._extend_or_open(scores, sp, s, alternatives) for sp, s in hits]
+
+    def _in_range(self, scores: Scores, species: Species, score: float) -> bool:
+        assert self.range_filter is not None
+        w = scores.window
+        if self.range_filter.allows(species, w.start_time, score):
+            return True
+        self._removed.append(Removal(w.source, species, score, w.start_time, w.start_offset, w.end_offset, "range"))
+        return False
 
     def _extend_or_open(self, scores: Scores, species: Species, score: float,
                         alternatives: tuple[tuple[str, float], ...]) -> Detection:

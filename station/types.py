@@ -128,6 +128,19 @@ class Detection:
         return dataclasses.replace(self, status="closed")
 
 
+@dataclass(frozen=True)
+class Removal:
+    """A window's detection that a rule took away (today: the range filter), kept so a user can see it."""
+
+    source: str
+    species: Species
+    score: float
+    start_time: datetime
+    start_offset: float
+    end_offset: float
+    reason: str  # "range": BirdNET's range model gives the species no chance here this week
+
+
 class Source(Protocol):
     """Delivers audio until exhausted or until `stop` is set.
 
