@@ -12,13 +12,14 @@ import os
 import time
 from collections.abc import Generator, Iterator
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from threading import Event
 
 from . import chatter
 from .decode import describe_os_error, open_audio
 from .errors import AudioInputError
+from .recorded import recording_start
 from .types import AudioChunk
 
 log = logging.getLogger(__name__)
@@ -31,17 +32,23 @@ class SourceCounters:
 
 
 class FileSource:
-    """One recording, as fast as possible or paced like a live microphone (`realtime`)."""
+    """One recording, as fast as possible or paced like a live microphone (`realtime`).
+
+    Its chunks are stamped from the recording's start (station.recorded): the file's metadata
+    or name, else `recorded` (a date or time the caller knows, e.g. from a Xeno-Canto manifest),
+    else its modification time.
+    """
 
     live, connected = False, True
 
     def __init__(self, path: Path, chunk_seconds: float = 10.0, realtime: bool = False,
-                 counters: SourceCounters | None = None):
+                 counters: SourceCounters | None = None, recorded: date | datetime | None = None):
         self.path = Path(path)
         self.name = str(self.path)
         self.chunk_seconds = chunk_seconds
         self.realtime = realtime
         self.counters = counters or SourceCounters()
+        self.recorded = recorded
 
     def chunks(self, stop: Event) -> Iterator[AudioChunk]:
         """The file's chunks; a file that cannot be read to its end costs one line and one count.
@@ -76,7 +83,7 @@ class FileSource:
     def _chunks(self, stop: Event) -> Generator[AudioChunk, None, None]:
         info, blocks = open_audio(self.path, self.chunk_seconds)
         started_wall = time.monotonic()
-        start_time = _file_start_time(self.path, info.duration)
+        start_time = recording_start(self.path, info.duration, self.recorded)
         offset = 0.0
         pending = next(blocks, None)
         while pending is not None and not stop.is_set():
@@ -209,17 +216,3 @@ def _settled(path: Path, quiet_seconds: float) -> bool:
     except OSError:  # a loop or a vanished file: let the file source say so
         return True
 
-
-def _file_start_time(path: Path, duration: float | None) -> datetime:
-    """When a recording started, as far as the file system knows: mtime minus its length.
-
-    Recorders name files in many ways; without a reliable start time inside the file,
-    the modification time (the end of writing) is the honest anchor. Offsets within the
-    source are stored beside the wall-clock times either way. A modification time no
-    calendar can hold (a clock gone wild) gives way to the time of the replay.
-    """
-    try:
-        end = datetime.fromtimestamp(path.stat().st_mtime, tz=timezone.utc)
-        return end - timedelta(seconds=duration or 0.0)
-    except (OverflowError, ValueError, OSError):
-        return datetime.now(timezone.utc) - timedelta(seconds=duration or 0.0)
