@@ -19,7 +19,7 @@ from .evidence import Evidence
 from .notify import Notifier
 from .privacy import PrivacyFilter
 from .store import Store, busy, connect
-from .types import BatchListener, Classifier, Detection, Scores, Source, Window
+from .types import BatchListener, Classifier, Detection, Removal, Scores, Source, Window
 from .windowing import Windower
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class PipelineCounters:
     windows: int = 0
     detections: int = 0  # closed events
+    removed: int = 0  # windows' detections a rule (the range filter) took away, stored in removals
     audio_seconds: float = 0.0
     lag_seconds: float = 0.0  # wall clock minus the end of the last classified window (live)
 
@@ -53,6 +54,7 @@ class Pipeline:
         self.evidence = evidence
         self.counters = PipelineCounters()
         self._unsaved: list[Detection] = []  # the batch a full disk refused
+        self._unsaved_removed: list[Removal] = []
 
     def run(self) -> dict:
         try:
@@ -91,7 +93,8 @@ class Pipeline:
     def _detect(self, scores: Sequence[Scores]) -> None:
         # A window the privacy filter silenced is no evidence of anything, not even of an unknown sound.
         heard = [s for s in scores if s.values.any()]
-        self._save(heard, self.detector.push(scores))
+        detections = self.detector.push(scores)
+        self._save(heard, detections, self.detector.take_removed())
 
     def _end_of_stream(self, source: str | None) -> None:
         """Close what one stream (or, with None, every stream) still holds: privacy's last window, then events."""
@@ -99,20 +102,24 @@ class Pipeline:
             self._detect(self.privacy.flush(source))
         self._save([], self.detector.flush(source))
 
-    def _save(self, scores: Sequence[Scores], detections: Sequence[Detection]) -> None:
-        if not scores and not detections:
+    def _save(self, scores: Sequence[Scores], detections: Sequence[Detection],
+              removed: Sequence[Removal] = ()) -> None:
+        if not scores and not detections and not removed:
             return
         if self.evidence is not None:
             detections = [self.evidence.with_clip(d) if d.status == "closed" else d for d in detections]
         try:
             with self.store.transaction():
                 stored = self.store.save(detections, self.run_id)
+                kept = self.store.save_removals(removed, self.run_id, self.detector.station, self.detector.model)
                 for listener in self.listeners:
                     listener.on_batch(self.store.db, scores, stored)
         except StorageError:
             self._unsaved = list(detections)  # the detector has let go of these: close them after all
+            self._unsaved_removed = list(removed)
             raise
         self.counters.detections += sum(d.status == "closed" for d in stored)
+        self.counters.removed += kept
 
     def _shutdown(self, status: str) -> None:
         self.notifier.stopping()
@@ -131,7 +138,8 @@ class Pipeline:
         self.store.release_reserve()
         unsaved = [d if d.status != "open" else d.closed() for d in self._unsaved]
         try:
-            self._save([], list({d.id: d for d in [*unsaved, *self.detector.flush()]}.values()))
+            self._save([], list({d.id: d for d in [*unsaved, *self.detector.flush()]}.values()),
+                       self._unsaved_removed)
             self.store.update_run(self.run_id, self.snapshot(), status="failed")
         except StorageError as exc:
             log.error("could not close the run either (the next start marks it crashed): %s", exc)
@@ -159,6 +167,8 @@ class Pipeline:
     def summary_line(self) -> str:
         s = self.snapshot()
         line = f"{s['audio_seconds']:.0f} s audio, {s['windows']} windows, {s['detections']} detections"
+        if s["removed"]:
+            line += f", {s['removed']} removed (station detections --removed)"
         if self.source.live:
             return line + (f", {s.get('dropped_seconds', 0.0):.1f} s audio dropped, "
                            f"{s.get('device_losses', 0)} device loss(es), lag {self.counters.lag_seconds:.1f} s")

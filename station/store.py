@@ -10,6 +10,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,13 +19,14 @@ import sqlite_utils
 
 from .errors import StorageError
 from .timefmt import iso, parse_iso, utc_now
-from .types import ClipRef, Detection, Species
+from .types import ClipRef, Detection, Removal, Species
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 RESERVE_BYTES = 1 << 20
 LOCK_WAIT_SECONDS = 120.0  # a write lock not granted in this long is an error, not a wait forever
+REMOVAL_NAMESPACE = uuid.UUID("0e7f3c9a-52d1-4c8e-9a61-3b7d2f4e8c05")
 
 
 class BusyCounter:
@@ -127,10 +129,27 @@ def _v6_clip_offsets_and_pruning(db: sqlite_utils.Database) -> None:
         db.table("runs").add_column(counter, int, not_null_default=0)
 
 
+def _v7_removals(db: sqlite_utils.Database) -> None:
+    """What a rule (the range filter) took away from the detections, one row per window and species."""
+    db.table("removals").create(
+        {
+            "id": str, "run_id": int, "station": str, "model": str, "source": str,
+            "label": str, "scientific_name": str, "common_name": str, "score": float,
+            "start_time": str, "start_offset": float, "end_offset": float, "reason": str, "created": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+        not_null={"station", "model", "source", "label", "score", "start_time", "reason", "created"},
+    )
+    db.table("removals").create_index(["start_time"])
+    db.table("removals").create_index(["scientific_name", "start_time"])
+    db.table("runs").add_column("removed", int, not_null_default=0)
+
+
 # Append only: a migration, once released, never changes. user_version = len(applied).
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _v1_detections_and_runs, _v2_alerts_and_outbox, _v3_run_device_recoveries_and_dropped_tail,
-    _v4_alert_score_and_source, _v5_xc_recordings, _v6_clip_offsets_and_pruning]
+    _v4_alert_score_and_source, _v5_xc_recordings, _v6_clip_offsets_and_pruning, _v7_removals]
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
@@ -253,6 +272,21 @@ def detection_row(det: Detection, run_id: int | None) -> dict:
     }
 
 
+def removal_row(removal: Removal, run_id: int | None, station: str, model: str) -> dict:
+    """A removal as stored. Its id is what it is (as an event's), so replaying the same audio adds no copy."""
+    start_time = iso(removal.start_time)
+    key = "|".join([station, model, removal.source, removal.species.label, start_time,
+                    f"{removal.start_offset:.6f}", removal.reason])
+    return {
+        "id": uuid.uuid5(REMOVAL_NAMESPACE, key).hex, "run_id": run_id, "station": station, "model": model,
+        "source": removal.source, "label": removal.species.label,
+        "scientific_name": removal.species.scientific_name, "common_name": removal.species.common_name,
+        "score": round(removal.score, 6), "start_time": start_time,
+        "start_offset": round(removal.start_offset, 6), "end_offset": round(removal.end_offset, 6),
+        "reason": removal.reason, "created": utc_now(),
+    }
+
+
 def detection_from_row(row: dict) -> Detection:
     return Detection(
         id=row["id"], station=row["station"], source=row["source"], model=row["model"],
@@ -350,6 +384,22 @@ class Store:
             changed = [d for d in detections if d.id not in final]
             self.db.table("detections").upsert_all([detection_row(d, run_id) for d in changed], pk="id")
         return changed
+
+    def save_removals(self, removals: Iterable[Removal], run_id: int | None, station: str, model: str) -> int:
+        """Store what the rules removed; return how many are new (the same window again is not)."""
+        rows = [removal_row(r, run_id, station, model) for r in removals]
+        if not rows:
+            return 0
+        with write_transaction(self.db):
+            before = self.db.execute("SELECT total_changes()").fetchone()[0]
+            self.db.table("removals").insert_all(rows, pk="id", ignore=True)
+            return self.db.execute("SELECT total_changes()").fetchone()[0] - before
+
+    def recent_removals(self, limit: int = 20) -> list[dict]:
+        """What the rules removed, newest first, with the columns `recent` shows for detections."""
+        return list(self.db.query(
+            "SELECT start_time, common_name, scientific_name, score, source, start_offset, end_offset, reason "
+            "FROM removals ORDER BY start_time DESC, start_offset DESC LIMIT ?", [limit]))
 
     def recent(self, limit: int = 20) -> list[dict]:
         return list(self.db.query(

@@ -1,14 +1,16 @@
 import json
+import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
 
 import pytest
+import sqlite_utils
 
 from conftest import REPO, T0
 from station.errors import StorageError
 from station.store import MIGRATIONS, Store, connect
-from station.types import Detection, Species
+from station.types import Detection, Removal, Species
 
 
 def detection(i: int = 0, status: str = "open") -> Detection:
@@ -75,3 +77,40 @@ def test_open_events_of_a_live_process_are_left_alone(tmp_path):
     store.save([detection(3)], run)
     assert store.recover() == []
     assert store.db["detections"].get("det3")["status"] == "open"
+
+
+def removal(offset: float, label: str = "Strix aluco_Tawny Owl", score: float = 0.8) -> Removal:
+    scientific, common = label.split("_")
+    return Removal("f.wav", Species(label, scientific, common), score, T0 + timedelta(seconds=offset),
+                   offset, offset + 3.0, "range")
+
+
+def test_a_database_of_schema_6_gains_removals_and_a_run_count(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(sqlite3.connect(path, isolation_level=None))
+    for migration in MIGRATIONS[:6]:
+        migration(old)
+    old.execute("PRAGMA user_version=6")
+    run = old["runs"].insert({"station": "st1", "command": "replay", "started": "s", "status": "stopped"}).last_pk
+    old.conn.close()
+    store = Store.open(path)
+    assert store.db["runs"].get(run)["removed"] == 0
+    assert store.save_removals([removal(0.0)], run, "st1", "m") == 1
+    assert store.recent_removals()[0]["common_name"] == "Tawny Owl"
+
+
+def test_removals_are_stored_once_and_listed_newest_first(tmp_path):
+    store = Store.open(tmp_path / "st.db")
+    run = store.start_run("st1", "replay", "m")
+    batch = [removal(0.0), removal(1.5), removal(1.5, "Pica pica_Eurasian Magpie", 0.6)]
+    assert store.save_removals(batch, run, "st1", "m") == 3
+    assert store.save_removals(batch[1:], run, "st1", "m") == 0  # the same audio replayed again
+    assert store.save_removals([], run, "st1", "m") == 0
+    listed = store.recent_removals(limit=2)
+    assert [(r["start_time"], r["start_offset"]) for r in listed] == [("2026-05-01T06:00:01.500Z", 1.5)] * 2
+    assert {r["common_name"] for r in listed} == {"Tawny Owl", "Eurasian Magpie"}
+    assert listed[0].keys() == {"start_time", "common_name", "scientific_name", "score", "source",
+                                "start_offset", "end_offset", "reason"}
+    row = store.db["removals"].get(next(iter(store.db.query("SELECT id FROM removals WHERE start_offset = 0")))["id"])
+    assert (row["run_id"], row["label"], row["score"], row["end_offset"], row["reason"]) == (
+        run, "Strix aluco_Tawny Owl", 0.8, 3.0, "range")
