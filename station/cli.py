@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     detections.add_argument("--db", type=Path, metavar="FILE", help="database file (overrides storage.database)")
     detections.add_argument("--limit", type=POSITIVE, default=20, help="rows to show (default 20)")
     detections.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    detections.add_argument("--removed", action="store_true",
+                            help="what the range filter removed (species, file, time, score) instead")
+
+    _validate_options(_command(commands, "validate", cmd_xc_validate, VALIDATE_HELP))
 
     xc = _command(commands, "xc", None, "the validation companion: measure accuracy, calibrate thresholds")
     xc_commands = xc.add_subparsers(title="xc commands", metavar="COMMAND")
@@ -184,16 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     seed.add_argument("--db", type=Path, metavar="FILE",
                       help="database for the xc_recordings table (overrides storage.database)")
     _config_option(seed)
-    validate = _command(xc_commands, "validate", cmd_xc_validate,
-                        "replay labelled recordings through the pipeline and report accuracy")
-    validate.add_argument("manifest", type=Path,
-                          help="a manifest CSV, or a folder with manifest.csv "
-                               "(columns path, scientific_name, common_name)")
-    validate.add_argument("--out", type=Path, default=Path("validation"), help="report folder (default ./validation)")
-    validate.add_argument("--model", type=Path, metavar="DIR", help="model folder (overrides model.path)")
-    validate.add_argument("--rare", nargs="*", default=[], metavar="SPECIES",
-                          help="species that raise RARE_SPECIES, besides alerts.rare_species in the config")
-    _config_option(validate)
+    _validate_options(_command(xc_commands, "validate", cmd_xc_validate, VALIDATE_HELP))
     calibrate = _command(xc_commands, "calibrate", cmd_xc_calibrate,
                          "per-species thresholds that reach a target precision on validation scores")
     calibrate.add_argument("scores", type=Path, help="scores.npz from `station xc validate`")
@@ -233,6 +228,24 @@ def build_parser() -> argparse.ArgumentParser:
     devices = _command(commands, "devices", cmd_devices, "list audio input devices")
     _config_option(devices)
     return parser
+
+
+VALIDATE_HELP = ("replay labelled recordings through the pipeline and report accuracy: per file, and per "
+                 "5 s segment for soundscapes with timed labels")
+
+
+def _validate_options(validate) -> None:
+    validate.add_argument("manifest", type=Path, metavar="PATH",
+                          help="a manifest CSV (columns path, scientific_name, common_name), a folder with "
+                               "manifest.csv, a folder of recordings with labels beside them (X.mp3 with "
+                               "X_5s_labels.csv or X.Table.1.selections.txt), or one recording")
+    validate.add_argument("--labels", type=Path, metavar="FILE",
+                          help="timed labels of the one recording given (a 5 s labels CSV or a Raven table)")
+    validate.add_argument("--out", type=Path, default=Path("validation"), help="report folder (default ./validation)")
+    validate.add_argument("--model", type=Path, metavar="DIR", help="model folder (overrides model.path)")
+    validate.add_argument("--rare", nargs="*", default=[], metavar="SPECIES",
+                          help="species that raise RARE_SPECIES, besides alerts.rare_species in the config")
+    _config_option(validate)
 
 
 def _command(group, name, handler, help_text):
@@ -401,6 +414,8 @@ def cmd_config_check(args) -> int:
 
 
 def cmd_detections(args) -> int:
+    if args.removed:
+        return _print_rows(args, lambda store: store.recent_removals(args.limit))
     return _print_rows(args, lambda store: store.recent(args.limit))
 
 
@@ -492,21 +507,31 @@ def cmd_xc_seed(args) -> int:
 
 
 def cmd_xc_validate(args) -> int:
+    """`station validate` and `station xc validate`."""
     from .builders import build_classifier
     from .optional import require
-    from .validation import metrics_of, read_manifest, validate
+    from .validation import metrics_of, read_clips, summarise_soundscapes, validate
 
     require("matplotlib", extra="companion")
     from .report import write_report
 
     settings = settings_for(args)
-    manifest = args.manifest / "manifest.csv" if args.manifest.is_dir() else args.manifest
+    clips = read_clips(args.manifest, settings.replay.extensions, args.labels)
     classifier = build_classifier(settings)
-    results = validate(read_manifest(manifest), classifier, settings, rare_species=args.rare)
+    results = validate(clips, classifier, settings, rare_species=args.rare)
     metrics = metrics_of(results, classifier.labels)
-    files = write_report(results, metrics, classifier.labels, args.out, classifier.model_name)
-    print(f"{metrics.files} files scored: top-1 {metrics.top1:.3f}, top-3 {metrics.top3:.3f}, "
-          f"macro F1 {metrics.macro[2]:.3f}; report: {files['report']}")
+    summary = summarise_soundscapes(results, classifier, settings)
+    files = write_report(results, metrics, classifier.labels, args.out, classifier.model_name, summary)
+    said = []
+    if metrics.files:
+        said.append(f"{metrics.files} files scored: top-1 {metrics.top1:.3f}, top-3 {metrics.top3:.3f}, "
+                    f"macro F1 {metrics.macro[2]:.3f}")
+    if summary is not None:
+        m = summary.metrics
+        said.append(f"{len(summary.files)} soundscapes, {m.segments} segments at threshold {summary.threshold:g}: "
+                    f"micro P/R/F1 {'/'.join(f'{v:.3f}' for v in m.micro)}, "
+                    f"macro {'/'.join(f'{v:.3f}' for v in m.macro)}")
+    print("; ".join(said or ["no file could be scored"]) + f"; report: {files['report']}")
     return 0
 
 
