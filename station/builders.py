@@ -11,7 +11,7 @@ from pathlib import Path
 from .capture import MicSource
 from .clips import ClipBuffer, ClipWriter
 from .config import Settings
-from .detection import Detector, SpeciesFilter
+from .detection import Detector, DynamicThreshold, SpeciesFilter
 from .evidence import Evidence
 from .inference import OnnxClassifier
 from .privacy import PrivacyFilter
@@ -42,8 +42,11 @@ def build_detector(settings: Settings, classifier: OnnxClassifier) -> Detector:
     range_filter = None
     if where.lat is not None and where.lon is not None:  # where.enabled, spelled out for the type checker
         range_filter = RangeFilter(classifier.folder, where.lat, where.lon, where.threshold, where.keep, where.week)
+    dynamic = (DynamicThreshold(d.dynamic_trigger, d.dynamic_threshold, d.dynamic_hold_seconds)
+               if d.dynamic_threshold is not None else None)
     return Detector(settings.station.id, classifier.model_name, species_filter, d.top_k,
-                    d.merge_gap_seconds, range_filter)
+                    d.merge_gap_seconds, range_filter, pair_threshold=d.pair_threshold, dynamic=dynamic,
+                    out_of_range_threshold=where.out_of_range_threshold, non_birds_mask=d.non_birds_mask)
 
 
 def build_replay_source(settings: Settings, path: Path, progress: bool = True):

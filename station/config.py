@@ -75,7 +75,13 @@ class WindowSettings(Section):
 
 
 class DetectionSettings(Section):
-    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # Defaults chosen on the shared soundscapes (scripts/compare_detectors.py); README says what they trade.
+    threshold: float = Field(0.6, ge=0.0, le=1.0)  # one window at or above this detects
+    pair_threshold: float | None = Field(0.25, ge=0.0, le=1.0)  # two neighbouring windows at or above this detect
+    non_birds_mask: bool = True  # a bird below a non-bird class (Dog, Human vocal) in a window gets no evidence there
+    dynamic_threshold: float | None = Field(None, ge=0.0, le=1.0)  # after a confident window, the species' threshold
+    dynamic_trigger: float = Field(0.9, ge=0.0, le=1.0)  # a window at or above this is confident
+    dynamic_hold_seconds: float = Field(1800.0, gt=0.0)  # how long the lowered threshold lasts
     top_k: int = Field(3, ge=1, le=50)
     species_thresholds: dict[str, float] = {}
     thresholds_file: FilePath | None = None  # YAML {species: threshold}, e.g. from `station xc calibrate`
@@ -101,6 +107,7 @@ class LocationSettings(Section):
     week: int | None = Field(None, ge=-1, le=48)  # None: from the audio's date; -1: the whole year
     threshold: float = Field(0.03, ge=0.0, le=1.0)
     keep: list[str] = []  # species the filter must never remove (scientific or common names)
+    out_of_range_threshold: float | None = Field(0.9, ge=0.0, le=1.0)  # None: out of range is never detected
 
     @property
     def enabled(self) -> bool:

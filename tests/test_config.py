@@ -15,7 +15,7 @@ from station.errors import ConfigError
 def test_defaults_without_a_file():
     settings = load_settings(None)
     assert settings == Settings()
-    assert settings.detection.threshold == 0.5 and settings.windowing.hop_seconds == 1.5
+    assert settings.detection.threshold == 0.6 and settings.windowing.hop_seconds == 1.5
 
 
 def test_the_shipped_config_is_valid_and_documents_every_default():
