@@ -7,6 +7,7 @@ labelled files keep the global threshold: a threshold fitted to one file is nois
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,11 +56,19 @@ def snippet(thresholds: list[Threshold], target_precision: float, source: str) -
     """A YAML file for `detection.thresholds_file`: {label: threshold}, with its provenance."""
     header = [f"# Per-species thresholds for precision >= {target_precision:.2f}, from {source}.",
               "# label: threshold   (precision, recall, labelled files on the validation set)"]
-    body = {t.label: round(t.threshold, 4) for t in thresholds}
+    body = {t.label: floor_threshold(t.threshold) for t in thresholds}
     notes = [f"#   {t.label}: precision {t.precision:.2f}, recall {t.recall:.2f}, {t.positives} files"
              for t in thresholds]
     thresholds_yaml = yaml.safe_dump(body, sort_keys=True, allow_unicode=True) if body else "{}\n"
     return "\n".join(header + notes) + "\n" + thresholds_yaml
+
+
+def floor_threshold(threshold: float, decimals: int = 4) -> float:
+    """Shortened for the file, but never above the computed threshold: rounding up would drop the
+    lowest true score the threshold was chosen to keep."""
+    scale = 10 ** decimals
+    shortened = math.floor(threshold * scale) / scale
+    return shortened if shortened <= threshold else (math.floor(threshold * scale) - 1) / scale
 
 
 def load_scores(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
