@@ -23,7 +23,7 @@ RATE = 16000
 LABELS = [("Strix aluco_Tawny Owl", "Strix aluco", "Tawny Owl"),
           ("Pica pica_Eurasian Magpie", "Pica pica", "Eurasian Magpie"),
           ("Todus mexicanus_Puerto Rican Tody", "Todus mexicanus", "Puerto Rican Tody")]
-LOGIT = 4.0  # sigmoid(4) = 0.982 for every bird in every window
+LOGIT = 1.5  # sigmoid(1.5) = 0.818 for every bird in every window: short of out_of_range_threshold
 JANUARY = datetime(2019, 1, 20, tzinfo=timezone.utc).timestamp()
 
 
@@ -92,6 +92,7 @@ detection:
 location:
   lat: 18.2
   lon: -66.5
+  out_of_range_threshold: 0.9
 clips:
   enabled: false
 """
