@@ -53,6 +53,15 @@ def tiny_model(tmp_path_factory) -> Path:
                                       name="tiny-random")).path
 
 
+@pytest.fixture(scope="session")
+def birdnet_folder(tmp_path_factory) -> Path:
+    """BirdNET v2.4 converted once for the whole session (about 25 s), with its int8 variant."""
+    pytest.importorskip("tf2onnx", reason="the convert extra is needed: pip install -e '.[dev]'")
+    from station.birdnet import convert_birdnet
+
+    return convert_birdnet(tmp_path_factory.mktemp("birdnet") / "birdnet", int8=True).path
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

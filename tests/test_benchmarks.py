@@ -33,11 +33,8 @@ def test_benchmark_replays_and_compares_with_the_notebooks_pipeline(tmp_path, gw
 
 
 @pytest.fixture(scope="module")
-def birdnet(tmp_path_factory):
-    pytest.importorskip("tf2onnx", reason="the convert extra is needed: pip install -e '.[dev]'")
-    from station.birdnet import convert_birdnet
-
-    return convert_birdnet(tmp_path_factory.mktemp("birdnet") / "birdnet").path
+def birdnet(birdnet_folder):
+    return birdnet_folder
 
 
 def test_bench_birdnet_compares_with_litert_and_replays(birdnet, gwwa, tmp_path):

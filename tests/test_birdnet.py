@@ -33,10 +33,8 @@ RECORDINGS = ["audio/birds_misc/tawnyowl.wav", "audio/birds_misc/Pica_pica_30s.w
 
 
 @pytest.fixture(scope="module")
-def birdnet(tmp_path_factory):
-    from station.birdnet import convert_birdnet
-
-    return convert_birdnet(tmp_path_factory.mktemp("birdnet") / "birdnet", int8=True).path
+def birdnet(birdnet_folder):
+    return birdnet_folder
 
 
 def test_the_converted_folder_is_complete_licensed_and_verified(birdnet):

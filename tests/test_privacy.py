@@ -99,12 +99,10 @@ def test_labels_are_configurable_and_matched_on_any_name():
 
 
 @pytest.fixture(scope="module")
-def birdnet(tmp_path_factory):
-    pytest.importorskip("tf2onnx", reason="the convert extra is needed: pip install -e '.[dev]'")
-    from station.birdnet import convert_birdnet
+def birdnet(birdnet_folder):
     from station.inference import OnnxClassifier
 
-    return OnnxClassifier.from_path(convert_birdnet(tmp_path_factory.mktemp("birdnet") / "birdnet").path)
+    return OnnxClassifier.from_path(birdnet_folder)
 
 
 def birdnet_scores(classifier, path, chunk_seconds: float = 2.0) -> list[Scores]:
