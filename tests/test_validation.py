@@ -270,3 +270,54 @@ def test_validate_and_calibrate_on_the_command_line(shared_species_model, shared
     assert checked.returncode == 0, checked.stderr
     bad = station_cli("xc", "calibrate", str(tmp_path / "report" / "results.csv"), cwd=tmp_path)
     assert bad.returncode == 1 and "not a scores file" in bad.stderr
+
+
+def test_validate_a_soundscape_and_a_non_bird_clip_on_the_command_line(tiny_model, tmp_path):
+    """`station validate` on a folder (no manifest) and `station xc validate` on a manifest, end to end."""
+    from conftest import station_cli
+
+    folder = tmp_path / "set"
+    folder.mkdir()
+    sf.write(folder / "dawn.wav", tone(16000, 20.0), 16000)
+    with open(folder / "dawn_5s_labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "start_s", "end_s", "ebird_code", "scientific_name", "common_name"])
+        writer.writerows([["dawn.wav", 0, 5, "nocall", "", "(no call)"],
+                          ["dawn.wav", 5, 10, "grtina", "", "Great Tinamou"],
+                          ["dawn.wav", 10, 15, "x", "", "Nobody Owl"],
+                          ["dawn.wav", 15, 20, "grtina", "", "Great Tinamou"]])
+    config = tmp_path / "c.yaml"
+    config.write_text("detection:\n  threshold: 0.02\n")
+    out = tmp_path / "report"
+    result = station_cli("validate", str(folder), "--model", str(tiny_model), "--config", str(config),
+                         "--out", str(out), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "1 soundscapes, 4 segments at threshold 0.02: micro P/R/F1" in result.stdout
+    saved = json.loads((out / "metrics.json").read_text())["soundscape"]
+    with open(out / "segments.csv") as f:
+        rows = list(csv.DictReader(f))
+    truth = {(r["segment"], s) for r in rows for s in r["labelled"].split(";") if s}
+    guessed = {(r["segment"], s) for r in rows for s in r["detected"].split(";") if s}
+    assert truth == {("1", "Great Tinamou"), ("3", "Great Tinamou")}
+    assert saved["true_positives"] == len(truth & guessed) and saved["false_positives"] == len(guessed - truth)
+    assert saved["false_negatives"] == len(truth - guessed)
+    assert saved["files"][0]["unmatched_names"] == {"Nobody Owl": 1}
+    assert len(saved["pr_curve"]) == 19 and (out / "pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Soundscapes, per 5 s segment" in (out / "report.md").read_text()
+
+    sf.write(folder / "frog.wav", tone(16000, 6.0, freq=700.0), 16000)
+    manifest = folder / "manifest.csv"
+    manifest.write_text("path,scientific_name,common_name,notes\n"
+                        "dawn.wav,MULTI: see the labels beside it,Soundscape,\n"
+                        "frog.wav,Eleutherodactylus coqui,Puerto Rican Coqui,NON-BIRD (frogs). group=frogs\n")
+    result = station_cli("xc", "validate", str(manifest), "--model", str(tiny_model), "--config", str(config),
+                         "--out", str(out), cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    with open(out / "results.csv") as f:
+        frog = next(r for r in csv.DictReader(f) if r["path"].endswith("frog.wav"))
+    [listed] = metrics["non_bird"]
+    assert listed["group"] == "frogs" and frog["kind"] == "non-bird"
+    assert ";".join(sorted({d["label"] for d in listed["detections"]})) == frog["detected_species"]
+    assert metrics["files"] == 0 and metrics["soundscape"]["segments"] == 4
+    assert "## Non-bird clips" in (out / "report.md").read_text()
