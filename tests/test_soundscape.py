@@ -171,7 +171,8 @@ def test_the_shared_manifest_classifies_clips_by_its_own_fields(shared_data):
     assert len(frogs) == 4 and {c.kind for c in frogs} == {"non-bird"} and {c.group for c in frogs} == {"frogs"}
     assert (clips["XC211637.mp3"].kind, clips["XC211637.mp3"].group) == ("non-bird", "soundscape/none")
     blkfr = clips["BLKFR-10-CPL_20190611_093000.mp3"]
-    assert blkfr.kind == "soundscape" and blkfr.labels.name == "BLKFR-10-CPL_20190611_093000_5s_labels.csv"
+    assert blkfr.kind == "soundscape" and blkfr.labels is not None
+    assert blkfr.labels.name == "BLKFR-10-CPL_20190611_093000_5s_labels.csv"
     assert clips["SSW49.mp3"].kind == clips["SSW51.mp3"].kind == "soundscape"
     assert clips["birds_10s.wav"].kind == "unlabelled" and clips["silence_10s.mp3"].kind == "noise"
     assert clips["XC682524.mp3"].kind == "species" and clips["XC13738_GWWA.mp3"].kind == "species"
