@@ -18,6 +18,7 @@ from .builders import (  # noqa: F401 (the CLI imports them here)
     build_replay_source,
     build_windower,
 )
+from .capture import MicSource
 from .config import Settings, read_secret
 from .errors import StationError
 from .health import HealthMonitor
@@ -98,10 +99,13 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
         log.info("%s: %s -> %s (model %s, run %d)", command, source.name,
                  settings.storage.database, classifier.model_name, run_id)
         privacy = build_privacy(settings, classifier)
+        notifier = Notifier.from_environment()
+        if isinstance(source, MicSource):
+            source.on_waiting = notifier.waiting
         pipeline = Pipeline(
             source, build_windower(settings, classifier), classifier,
             detector, store, run_id, stop, listeners=listeners,
-            summary_seconds=settings.logging.summary_seconds, notifier=Notifier.from_environment(),
+            summary_seconds=settings.logging.summary_seconds, notifier=notifier,
             privacy=privacy, evidence=build_evidence(settings, privacy))
         mqtt = start_mqtt(settings, topics, classifier.model_name, supervisor, command) if topics else None
         if mqtt:

@@ -3,7 +3,13 @@
 The PortAudio callback only copies the block into a bounded queue; when the queue is
 full the oldest audio is dropped and counted. A device that fails to open, stops
 delivering (`stall_seconds` without a callback) or errors is closed and reopened with
-exponential backoff; each loss and recovery is logged once and counted.
+exponential backoff, PortAudio's device list read afresh before each attempt; each loss
+and recovery is logged once and counted.
+
+While it retries, `on_waiting` hears from the retry loop every few seconds: a station
+waiting for its device is working as designed, so the service manager's watchdog is fed
+from there rather than left to restart a process that would only wait again (or, with the
+device still gone at its next start, exit 4 until systemd gives up on the unit for good).
 """
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from threading import Event
@@ -24,6 +30,8 @@ from .errors import DeviceError
 from .types import AudioChunk
 
 log = logging.getLogger(__name__)
+
+WAITING_SIGNAL_SECONDS = 5.0  # well inside any sensible WatchdogSec, however long the backoff
 
 
 class DropOldestQueue:
@@ -89,9 +97,11 @@ class MicSource:
         self._stream: Any = None  # a sounddevice.InputStream while open (sounddevice has no types)
         self._last_callback = 0.0
         self._status_overflows = 0
+        self.on_waiting: Callable[[str], None] | None = None  # told why, while the device is retried
 
     def chunks(self, stop: Event) -> Iterator[AudioChunk]:
-        delay, attempts, lost = 1.0, 0, False
+        first_delay = min(1.0, self.reconnect_max_seconds)
+        delay, attempts, lost = first_delay, 0, False
         while not stop.is_set():
             try:
                 self._open()
@@ -105,19 +115,27 @@ class MicSource:
                                 exc, input_devices(), self.reconnect_max_seconds)
                 else:
                     log.debug("%s; attempt %d", exc, attempts)
-                stop.wait(delay)
+                self._wait_to_retry(stop, delay, str(exc))
                 delay = min(delay * 2, self.reconnect_max_seconds)
+                _rescan_devices()
                 continue
             if lost:
                 self.counters.device_recoveries += 1
                 log.info("%s: audio device back after %d attempt(s)", self.name, attempts + 1)
-            attempts, delay, lost = 0, 1.0, False
+            attempts, delay, lost = 0, first_delay, False
             yield from self._read(stop)
             self._close_stream()
             if not stop.is_set():
                 lost = True
                 self.counters.device_losses += 1
                 log.error("%s: audio device lost; reopening", self.name)
+
+    def _wait_to_retry(self, stop: Event, delay: float, reason: str) -> None:
+        deadline = time.monotonic() + delay
+        while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+            if self.on_waiting is not None:
+                self.on_waiting(reason)
+            stop.wait(min(left, WAITING_SIGNAL_SECONDS))
 
     def _open(self) -> None:
         sd = _sounddevice()
@@ -195,6 +213,18 @@ def _sounddevice():
     except OSError as exc:  # the PortAudio library itself is missing
         raise DeviceError(f"cannot use audio input: {exc} (apt-get install libportaudio2)") from None
     return sounddevice
+
+
+def _rescan_devices() -> None:
+    """Start PortAudio afresh (no stream is open): it lists devices only when it starts, so a
+    re-plugged USB microphone is otherwise never seen. The way sounddevice's maintainer gives
+    for it (spatialaudio/python-sounddevice#125); on Linux it re-reads ALSA's devices."""
+    try:
+        sd = _sounddevice()
+        sd._terminate()
+        sd._initialize()
+    except Exception as exc:  # PortAudio errors come in several types; the next open says what is wrong
+        log.debug("rescanning audio devices: %s", exc)
 
 
 def input_devices() -> str:

@@ -1,8 +1,9 @@
 """systemd's notify protocol: READY, WATCHDOG, STATUS and STOPPING as datagrams on $NOTIFY_SOCKET.
 
 Outside systemd (no NOTIFY_SOCKET) every call does nothing. The watchdog is fed only from
-the pipeline's own progress, never from a timer, so a hung inference or a capture that
-delivers nothing stops the pings and systemd restarts the service after WatchdogSec.
+the pipeline's own progress and from the capture's retry loop while a lost device is being
+reopened, never from a timer, so a hung inference or a capture wedged inside PortAudio
+stops the pings and systemd restarts the service after WatchdogSec.
 Sending never raises: a notify socket that went away is logged once.
 """
 from __future__ import annotations
@@ -62,6 +63,12 @@ class Notifier:
             fields.append(f"STATUS={status}")
         if fields:
             self.send(*fields)
+
+    def waiting(self, reason: str) -> None:
+        """Up but without audio: the capture is retrying its device. READY (a station started
+        before its microphone was plugged in is up, not failing to start), the watchdog, and why."""
+        self.progress()
+        self.status(f"waiting for the audio device: {reason}")
 
     def status(self, text: str) -> None:
         self.send(f"STATUS={text}")

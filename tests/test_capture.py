@@ -1,4 +1,5 @@
 """Live capture through a real PulseAudio virtual microphone, and the capture queue."""
+import itertools
 import logging
 import signal
 import sqlite3
@@ -6,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import soxr
 
 from conftest import write_config
 from helpers import wait_for
+from station import capture
 from station.capture import DropOldestQueue, MicSource
 from station.detection import Detector, SpeciesFilter
 from station.errors import DeviceError
@@ -175,3 +178,49 @@ def test_station_run_captures_from_the_virtual_microphone(virtual_mic, tiny_mode
     open_events = conn.execute("SELECT count(*) FROM detections WHERE status = 'open'").fetchone()[0]
     assert status == "stopped" and audio >= 8 and windows >= 4 and open_events == 0
     assert "capturing 16000 Hz" in err
+
+
+def test_the_retry_loop_signals_it_is_waiting_however_long_the_backoff(monkeypatch):
+    monkeypatch.setattr(capture, "WAITING_SIGNAL_SECONDS", 0.1)
+    mic = MicSource("no-such-device-anywhere", RATE, 1, reconnect_max_seconds=3600, wait_for_device=True)
+    heard: list[tuple[float, str]] = []
+    mic.on_waiting = lambda reason: heard.append((time.monotonic(), reason))
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    assert list(mic.chunks(stop)) == []
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(heard)]
+    assert len(heard) >= 8 and max(gaps) < 0.5, "signalled every slice, not once per (growing) backoff"
+    assert all("no-such-device-anywhere" in reason for _, reason in heard)
+
+
+def test_a_device_plugged_in_while_waiting_is_found_by_reading_the_device_list_afresh(monkeypatch):
+    """PortAudio lists devices when it starts; the retry loop restarts it, as a re-plugged USB mic needs."""
+
+    class Stream:
+        def __init__(self, **kwargs):
+            if not fake.plugged_in:
+                raise ValueError("No input device matching 'usb-mic'")
+
+        def start(self):
+            stop.set()  # opened: that is all this test needs to see
+
+        def abort(self):
+            pass
+
+        def close(self):
+            pass
+
+    fake = SimpleNamespace(InputStream=Stream, plugged_in=False, restarts=0, PortAudioError=RuntimeError,
+                           query_devices=lambda: [])
+
+    def restart():  # the device list as PortAudio reads it at start: the mic is there from the 2nd restart
+        fake.restarts += 1
+        fake.plugged_in = fake.restarts >= 2
+
+    fake._terminate, fake._initialize = (lambda: None), restart
+    monkeypatch.setattr(capture, "_sounddevice", lambda: fake)
+    mic = MicSource("usb-mic", RATE, 1, reconnect_max_seconds=0.05, wait_for_device=True)
+    stop = threading.Event()
+    threading.Timer(10, stop.set).start()
+    list(mic.chunks(stop))
+    assert fake.plugged_in and fake.restarts == 2, "the device list was read afresh until the mic showed up"

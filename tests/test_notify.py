@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import T0, tone
+from conftest import T0, tone, write_config
 from station.notify import Notifier
 
 
@@ -158,3 +158,27 @@ def test_a_replay_under_systemd_says_ready_pings_reports_status_and_says_stoppin
     assert "WATCHDOG=1" in fields
     assert any(f.startswith("STATUS=") and "windows" in f for f in fields)
     assert fields.index("STOPPING=1") > fields.index("READY=1")
+
+
+def test_a_station_waiting_for_its_microphone_is_ready_and_keeps_the_watchdog_fed(notify_socket, tiny_model,
+                                                                                   tmp_path):
+    """A lost or not yet plugged-in device is retried in-process; a watchdog restart would not bring it back."""
+    config = write_config(tmp_path / "c.yaml", "audio:\n  device: no-such-device-anywhere\n"
+                                               "  wait_for_device: true\n  reconnect_max_seconds: 3600\n")
+    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.path, "WATCHDOG_USEC": "8000000"}  # a ping every 2 s
+    station = subprocess.Popen([sys.executable, "-m", "station.cli", "run", "--config", str(config),
+                                "--model", str(tiny_model), "--db", str(tmp_path / "st.db")],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        notify_socket.wait_for("READY=1", timeout=60)
+        ready_at = time.monotonic()
+        while notify_socket.fields().count("WATCHDOG=1") < 3 and time.monotonic() - ready_at < 30:
+            time.sleep(0.2)
+    finally:
+        station.terminate()
+        _out, err = station.communicate(timeout=30)
+    fields = notify_socket.fields()
+    assert fields.count("WATCHDOG=1") >= 3, "the retry loop fed the watchdog though no audio came"
+    assert any(f.startswith("STATUS=waiting for the audio device: ") and "no-such-device-anywhere" in f
+               for f in fields)
+    assert station.returncode == 0, err
