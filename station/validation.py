@@ -29,6 +29,7 @@ from .inference import OnnxClassifier
 from .metrics import Metrics, compute
 from .names import LabelIndex
 from .progress import terminal_bar
+from .recorded import date_in_notes
 from .soundscape import SegmentMetrics, TimedLabels
 from .sources import FileSource
 from .store import Store
@@ -215,7 +216,8 @@ def score_clip(clip: Clip, classifier: OnnxClassifier, settings: Settings, truth
                alerts: AlertPass | None = None, labels: TimedLabels | None = None) -> FileResult:
     windower = build_windower(settings, classifier)
     detector = build_detector(settings, classifier)
-    source = FileSource(clip.path, settings.replay.chunk_seconds)
+    # A manifest's date (Xeno-Canto's) is the caller's knowledge: the file's own metadata or name still win.
+    source = FileSource(clip.path, settings.replay.chunk_seconds, recorded=date_in_notes(clip.notes))
     best, windows, duration = None, 0, 0.0
     detections: dict[str, Detection] = {}
     removals: list[Removal] = []
