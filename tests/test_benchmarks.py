@@ -29,6 +29,8 @@ def test_benchmark_replays_and_compares_with_the_notebooks_pipeline(tmp_path, gw
     assert {"decode", "onnx fp32 1t", "onnx int8 1t", "seed pipeline 1t", "detection + store"} <= set(
         report["ms_per_window"])
     assert set(report["top1_agreement_with_seed"]) == {"fp32", "int8"}
+    assert report["int8_top1_agreement_with_fp32"]["on"] == "synthetic windows"  # the session's model: no recordings
+    assert "int8 top-1 agreement with fp32 (recorded at export)" in result.stdout
     assert "s of audio per second" in result.stdout and report["replay fp32 1t"]["peak_rss_mb"] > 0
 
 
