@@ -65,6 +65,23 @@ def timed(fn, *args, repeat: int = 1):
     return best, result
 
 
+def interleaved(contenders: dict, windows: list, rounds: int) -> tuple[dict[str, list[float]], dict]:
+    """Seconds per round for each contender, each round running all of them in turn, and their results.
+
+    Other processes share this machine: in turn, each round's ratios compare runs made under
+    the same load, where timing one contender after the other would compare different loads.
+    """
+    for classify in contenders.values():
+        classify(windows[:1])  # warm-up
+    seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    results = {}
+    for _ in range(rounds):
+        for name, classify in contenders.items():
+            t, results[name] = timed(classify, windows)
+            seconds[name].append(t)
+    return seconds, results
+
+
 def prepare_model(workdir: Path, size: str, agreement_audio: tuple[Path, ...]) -> tuple[Path, Path]:
     hf, folder = workdir / f"{size}-hf", workdir / f"{size}-onnx"
     if not (hf / "config.json").exists():
@@ -163,26 +180,32 @@ def bench_size(size: str, args) -> dict:
     report = {"size": size, "windows": n, "audio_seconds": round(audio_seconds, 1),
               "ms_per_window": {"decode": 1000 * t_decode / n, "resample": 1000 * t_resample / n,
                                 "windowing": 1000 * t_window / n}}
-    top1 = {}
-    repeat = 2 if size == "tiny" else 1
-    for variant in ("fp32", "int8"):
-        for threads, batch in [(t, 1) for t in args.threads] + [(args.threads[-1], 8)]:
-            classifier = OnnxClassifier.from_path(folder, variant=variant, threads=threads, batch_size=batch)
-            classifier.classify(windows[:batch])  # warm-up
-            t, scores = timed(classifier.classify, windows, repeat=repeat)
-            name = f"onnx {variant} {threads}t" + (f" batch {batch}" if batch > 1 else "")
-            report["ms_per_window"][name] = 1000 * t / n
-            top1[variant] = [s.top(1)[0][0].label for s in scores]
-            if variant == "fp32" and threads == args.threads[-1] and batch == 1:
-                with tempfile.TemporaryDirectory() as tmp:
-                    t_store, _ = timed(detect_and_store, scores, Path(tmp) / "b.db")
-                report["ms_per_window"]["detection + store"] = 1000 * t_store / n
+    top1: dict[str, list[str]] = {}
+    rounds = args.rounds or (2 if size == "tiny" else 3)
+    speedups: dict[str, list[float]] = {}
     for threads in args.threads:
-        classify = seed_pipeline(hf, threads)
-        classify(windows[:1])  # warm-up, as for ONNX
-        t, labels = timed(classify, windows, repeat=repeat)
-        report["ms_per_window"][f"seed pipeline {threads}t"] = 1000 * t / n
-        top1["seed"] = labels
+        contenders = {f"seed pipeline {threads}t": seed_pipeline(hf, threads)}
+        batches = [1, 8] if threads == args.threads[-1] else [1]
+        for variant in ("fp32", "int8"):
+            for batch in batches:
+                classifier = OnnxClassifier.from_path(folder, variant=variant, threads=threads, batch_size=batch)
+                name = f"onnx {variant} {threads}t" + (f" batch {batch}" if batch > 1 else "")
+                contenders[name] = classifier.classify
+        seconds, results = interleaved(contenders, windows, rounds)
+        seed = seconds.pop(f"seed pipeline {threads}t")
+        report["ms_per_window"][f"seed pipeline {threads}t"] = 1000 * min(seed) / n
+        for name, times in seconds.items():
+            report["ms_per_window"][name] = 1000 * min(times) / n
+            speedups[name] = [s / t for s, t in zip(seed, times)]
+        top1["seed"] = results[f"seed pipeline {threads}t"]
+        for variant in ("fp32", "int8"):
+            top1[variant] = [s.top(1)[0][0].label for s in results[f"onnx {variant} {threads}t"]]
+    report["speedup_vs_seed"] = {name: {"median": float(np.median(r)), "min": min(r), "max": max(r)}
+                                 for name, r in speedups.items()}
+    scores = results[f"onnx fp32 {args.threads[-1]}t"]
+    with tempfile.TemporaryDirectory() as tmp:
+        t_store, _ = timed(detect_and_store, scores, Path(tmp) / "b.db")
+    report["ms_per_window"]["detection + store"] = 1000 * t_store / n
     report["int8_top1_agreement_with_fp32"] = int8_agreement(folder)
     report["top1_agreement_with_seed"] = {
         v: float(np.mean([a == b for a, b in zip(top1[v], top1["seed"])])) for v in ("fp32", "int8")}
@@ -201,21 +224,23 @@ def summarise(report: dict, threads: list[int]) -> None:
     for t in threads:
         for variant in ("fp32", "int8"):
             inference = ms[f"onnx {variant} {t}t"]
-            seed = ms[f"seed pipeline {t}t"]
             total_s = report["windows"] * (inference + overhead) / 1000
             print(f"  {t} thread(s), {variant}: {report['audio_seconds'] / total_s:7.1f} s of audio per second; "
                   f"non-inference share {100 * overhead / (inference + overhead):4.1f}%; "
-                  f"inference {seed / inference:4.2f}x faster than the seed's way")
-    batched = [k for k in ms if k.startswith("onnx") and "batch" in k]
-    for name in batched:
-        seed = ms[f"seed pipeline {threads[-1]}t"]
-        print(f"  {name}: inference {seed / ms[name]:4.2f}x faster than the seed's way at {threads[-1]} thread(s)")
+                  f"inference {speedup(report, f'onnx {variant} {t}t')} than the seed's way")
+    for name in [k for k in ms if k.startswith("onnx") and "batch" in k]:
+        print(f"  {name}: inference {speedup(report, name)} than the seed's way")
     print(f"  top-1 agreement with the seed's way: {report['top1_agreement_with_seed']}")
     agreement = report["int8_top1_agreement_with_fp32"]
     print(f"  int8 top-1 agreement with fp32 (recorded at export): {agreement['top1_agreement']:.3f} "
           f"on {agreement['windows']} {agreement['on']}")
     for key in [k for k in report if k.startswith("replay")]:
         print(f"  {key}: {report[key]}")
+
+
+def speedup(report: dict, name: str) -> str:
+    r = report["speedup_vs_seed"][name]
+    return f"{r['median']:4.2f}x faster (rounds {r['min']:.2f}-{r['max']:.2f})"
 
 
 def main() -> None:
@@ -229,6 +254,7 @@ def main() -> None:
                         help="recordings (files or folders) for the int8 agreement at export; "
                              "default: the shared recordings if present, else --audio")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default 2 for tiny, 3 for base)")
     args = parser.parse_args()
     args.threads = [int(t) for t in args.threads.split(",")]
     shared = Path(os.environ.get("STATION_TEST_DATA") or REPO.parent / "shared" / "data") / "audio"
