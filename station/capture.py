@@ -101,12 +101,16 @@ class MicSource:
 
     def chunks(self, stop: Event) -> Iterator[AudioChunk]:
         first_delay = min(1.0, self.reconnect_max_seconds)
-        delay, attempts, lost = first_delay, 0, False
+        delay, attempts, lost, list_read_afresh = first_delay, 0, False, False
         while not stop.is_set():
             try:
                 self._open()
             except DeviceError as exc:
                 if isinstance(exc, NoSuchDevice) and not (self.wait_for_device or lost):
+                    if not list_read_afresh:  # PortAudio's list may be older than the device: read it once more
+                        list_read_afresh = True
+                        _rescan_devices()
+                        continue
                     raise DeviceError(f"{exc}; input devices seen: {input_devices()} "
                                       "(audio.wait_for_device: true waits for it)") from None
                 attempts += 1
