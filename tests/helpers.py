@@ -17,6 +17,18 @@ def rows(db: Path | str, sql: str, *args) -> list[dict]:
         conn.close()
 
 
+def rows_once_there(db: Path, sql: str, *args) -> list[dict]:
+    """`rows`, or [] while another process has not yet created the file or its tables (a poll's view)."""
+    if not db.exists():
+        return []
+    try:
+        return rows(db, sql, *args)
+    except sqlite3.OperationalError as exc:
+        if "no such" in str(exc):  # table or column: the station's migrations have not run yet
+            return []
+        raise
+
+
 def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:
     """Poll `condition` until it is true or `timeout` seconds pass; whether it became true."""
     deadline = time.monotonic() + timeout

@@ -8,7 +8,7 @@ import time
 import soundfile as sf
 
 from conftest import REPO, station_cli, tone, write_config
-from helpers import rows
+from helpers import rows, rows_once_there
 from mosquitto import Mosquitto, Subscriber
 
 CONFIG = "station:\n  id: st1\ndetection:\n  threshold: 0.3\n"
@@ -39,7 +39,7 @@ def test_a_replay_killed_mid_file_and_run_again_leaves_no_duplicates(tiny_model,
     killed = subprocess.Popen([*args, "--realtime"], cwd=tmp_path, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (db.exists() and rows(db, "SELECT 1 FROM detections")):
+    while time.monotonic() < deadline and not rows_once_there(db, "SELECT 1 FROM detections"):
         time.sleep(0.2)
     killed.send_signal(signal.SIGKILL)
     killed.wait()

@@ -14,13 +14,14 @@ import pytest
 import soundfile as sf
 
 from conftest import station_cli, tone, write_config
-from helpers import rows, wait_for
+from helpers import rows, rows_once_there, wait_for
 
 CONFIG = """
 station:
   id: test-station
 detection:
   threshold: 0.3
+  pair_threshold: null  # one rule, so the windows in events can be counted independently (rules: test_detection)
   top_k: 3
 logging:
   summary_seconds: 1
@@ -160,7 +161,7 @@ def test_sigterm_mid_replay_leaves_a_sound_database_with_every_closed_event(tiny
         [sys.executable, "-m", "station.cli", "replay", str(gwwa), "--realtime", "--config", str(config),
          "--model", str(tiny_model), "--db", str(db)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: db.exists() and rows(db, "SELECT count(*) AS n FROM detections")[0]["n"] >= 2, 60, 0.5)
+    wait_for(lambda: len(rows_once_there(db, "SELECT id FROM detections")) >= 2, 60, 0.5)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
@@ -189,7 +190,7 @@ def test_a_running_watcher_survives_bad_files_and_loses_nothing(tiny_model, gwwa
         nan[40000] = np.nan
         sf.write(folder / "2_nan.wav", nan, 16000, subtype="FLOAT")
         (folder / "3_bird.mp3").write_bytes(gwwa.read_bytes())
-        wait_for(lambda: db.exists() and rows(db, "SELECT files_ok FROM runs")[0]["files_ok"] >= 1, 60, 0.5)
+        wait_for(lambda: any(r["files_ok"] >= 1 for r in rows_once_there(db, "SELECT files_ok FROM runs")), 60, 0.5)
         assert proc.poll() is None, "the watcher is still running after the bad files"
     finally:
         proc.send_signal(signal.SIGTERM)
