@@ -85,6 +85,10 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
     """
     classifier = build_classifier(settings)
     detector = build_detector(settings, classifier)  # loads the range model: a bad one fails before any write
+    if detector.range_filter is None and classifier.folder.manifest.range_model:
+        log.warning("no location set: BirdNET's range filter is off, and without it BirdNET takes species of "
+                    "other continents for local ones (on the shared soundscapes: precision 46%% without a "
+                    "location, 79%% with, at the same recall); set location.lat and location.lon")
     store = Store.open(settings.storage.database)
     supervisor = Supervisor(stop)
     mqtt = health = None

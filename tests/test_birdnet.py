@@ -109,7 +109,7 @@ def test_labelled_clips_file_level_accuracy(birdnet, shared_data):
     assert metrics.top1 >= 0.62 and metrics.top3 >= 0.76  # measured 0.685 / 0.815
 
 
-def test_noise_clips_give_at_most_one_bird(birdnet, shared_data, tmp_path):
+def test_noise_clips_give_no_bird(birdnet, shared_data, tmp_path):
     config = write_config(tmp_path / "c.yaml", f"model:\n  path: {birdnet}\n")
     result = station_cli("replay", str(shared_data / "audio" / "noise"), "--config", str(config),
                          "--db", str(tmp_path / "n.db"), cwd=tmp_path)
@@ -119,7 +119,8 @@ def test_noise_clips_give_at_most_one_bird(birdnet, shared_data, tmp_path):
     birds = [r for r in rows if r[0] not in ("Dog_Dog", "Human vocal_Human vocal", "Human non-vocal_Human non-vocal",
                                              "Engine_Engine", "Siren_Siren", "Gun_Gun", "Power tools_Power tools")]
     print("noise detections:", rows)
-    assert len(birds) <= 1  # measured: Common Raven 0.66 on the chihuahua recording
+    # The plain 0.5 threshold heard a Common Raven (0.66) in a barking chihuahua; it scores below Dog there.
+    assert birds == []
 
 
 def test_the_range_filter_drops_a_species_out_of_range_and_keeps_one_in_range(birdnet, caplog):
@@ -164,6 +165,7 @@ def test_soundscape_precision_and_recall_at_the_default_threshold(birdnet, share
         db = tmp_path / f"{name}.db"
         replayed = station_cli("replay", str(recording), "--config", str(config), "--db", str(db), cwd=tmp_path)
         assert replayed.returncode == 0
+        assert ("no location set" in replayed.stderr) == (name == "plain"), "a station without a location says so"
         import sqlite3
         rows = sqlite3.connect(db).execute(
             "SELECT scientific_name, start_offset, end_offset FROM detections").fetchall()
@@ -171,8 +173,9 @@ def test_soundscape_precision_and_recall_at_the_default_threshold(birdnet, share
         hits = len(predicted & truth)
         figures[name] = (hits / len(predicted), hits / len(truth))
     print("soundscape precision/recall:", figures)
-    assert figures["plain"][0] >= 0.45 and figures["plain"][1] >= 0.22  # measured 0.56 / 0.29
-    assert figures["range"][0] >= 0.7 and figures["range"][0] > figures["plain"][0]  # measured 0.79
+    # Measured with the defaults (one window at 0.6 or two at 0.25): 0.44 / 0.33 plain, 0.76 / 0.33 with a location.
+    assert figures["plain"][0] >= 0.38 and figures["plain"][1] >= 0.29
+    assert figures["range"][0] >= 0.7 and figures["range"][1] == figures["plain"][1], "precision, at no cost in recall"
 
 
 def test_a_first_run_builds_birdnet_offline_and_says_what_and_under_which_licence(tmp_path):
