@@ -242,8 +242,8 @@ def _write_markdown(results, metrics: Metrics, model: str, files: dict, path: Pa
         f"{len(results)} files: {kinds.get('species', 0)} single-species, {kinds.get('soundscape', 0)} soundscapes "
         f"with timed labels, {kinds.get('multi', 0)} multi-species without times, {kinds.get('unlabelled', 0)} "
         f"unlabelled, {kinds.get('non-bird', 0)} non-bird, {kinds.get('noise', 0)} noise; {len(failed)} unreadable.",
-        f"Scored: {metrics.files} files whose species the model knows. A file's score for a species is its "
-        "best window's score.", "",
+        f"Scored: {metrics.files} files whose species the model knows. A file's score for a species is the "
+        "best score it holds in two overlapping windows (its best window's, where no windows overlap).", "",
         "| metric | value |", "|---|---|",
         f"| top-1 accuracy | {metrics.top1:.3f} |", f"| top-3 accuracy | {metrics.top3:.3f} |",
         f"| macro precision / recall / F1 | {' / '.join(f'{v:.3f}' for v in metrics.macro)} |",
