@@ -232,8 +232,9 @@ def summarise(report: dict, threads: list[int]) -> None:
         print(f"  {name}: inference {speedup(report, name)} than the seed's way")
     print(f"  top-1 agreement with the seed's way: {report['top1_agreement_with_seed']}")
     agreement = report["int8_top1_agreement_with_fp32"]
+    count = f"{agreement['windows']} " if agreement["windows"] else ""  # older folders did not record it
     print(f"  int8 top-1 agreement with fp32 (recorded at export): {agreement['top1_agreement']:.3f} "
-          f"on {agreement['windows']} {agreement['on']}")
+          f"on {count}{agreement['on']}")
     for key in [k for k in report if k.startswith("replay")]:
         print(f"  {key}: {report[key]}")
 
