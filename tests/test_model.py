@@ -83,3 +83,16 @@ def test_model_info_and_export_errors_on_the_command_line(tiny_model, tmp_path):
     export = station_cli("model", "export", str(tmp_path / "no-such-model-dir"), cwd=tmp_path)
     assert export.returncode == 3 and "cannot load" in export.stderr
     assert "Traceback" not in export.stderr
+
+
+def test_export_on_the_command_line_records_int8_agreement_on_real_audio(gwwa, tmp_path):
+    pytest.importorskip("torch", reason="the export extra is needed: pip install -e '.[dev]'")
+    from station.random_model import build_random_wav2vec2
+
+    hf = build_random_wav2vec2(tmp_path / "hf", size="tiny")
+    export = station_cli("model", "export", str(hf), "--int8", "--agreement-audio", str(gwwa),
+                         "--out", str(tmp_path / "m"), cwd=tmp_path, timeout=300)
+    assert export.returncode == 0, export.stderr
+    int8 = json.loads((tmp_path / "m" / "manifest.json").read_text())["variants"]["int8"]
+    assert int8["agreement_on"] == "real audio windows from 1 recordings" and int8["windows"] > 0
+    assert 0.0 <= int8["top1_agreement"] <= 1.0
