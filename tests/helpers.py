@@ -17,6 +17,19 @@ def rows(db: Path | str, sql: str, *args) -> list[dict]:
         conn.close()
 
 
+def database_at_schema(path: Path, version: int):
+    """A database as an older station left it: migrations 1..version only (sqlite_utils.Database)."""
+    import sqlite_utils
+
+    from station.store import MIGRATIONS
+
+    db = sqlite_utils.Database(sqlite3.connect(path, isolation_level=None))
+    for migration in MIGRATIONS[:version]:
+        migration(db)
+    db.execute(f"PRAGMA user_version={version}")
+    return db
+
+
 def rows_once_there(db: Path, sql: str, *args) -> list[dict]:
     """`rows`, or [] while another process has not yet created the file or its tables (a poll's view)."""
     if not db.exists():

@@ -8,10 +8,9 @@ import sys
 from datetime import timedelta
 
 import pytest
-import sqlite_utils
 
 from conftest import REPO, T0, station_cli
-from helpers import rows, sealed_model_folder
+from helpers import database_at_schema, rows, sealed_model_folder
 from station.alerts import AlertEngine, AlertWriter
 from station.cli import build_parser, main
 from station.config import AlertSettings
@@ -229,10 +228,7 @@ def test_output_that_is_read_to_the_end_exits_0(alert_db, tmp_path):
 def test_an_alerts_table_of_an_older_database_gains_score_and_source(tmp_path):
     """Migration 4 on a database of schema 3 with alerts: the columns are filled from payload and detections."""
     path = tmp_path / "old.db"
-    db = sqlite_utils.Database(sqlite3.connect(path, isolation_level=None))
-    for migration in MIGRATIONS[:3]:
-        migration(db)
-    db.execute("PRAGMA user_version=3")
+    db = database_at_schema(path, 3)
     db["detections"].insert({"id": "d1", "station": "st", "source": "old.wav", "model": "m", "label": "x",
                              "confidence": 0.7, "start_time": "t", "end_time": "t", "status": "closed"})
     old = {"station": "st", "payload": "", "event_time": "2026-05-01T06:00:00.000Z", "created": "c"}

@@ -1,13 +1,12 @@
 import json
-import sqlite3
 import subprocess
 import sys
 from datetime import timedelta
 
 import pytest
-import sqlite_utils
 
 from conftest import REPO, T0
+from helpers import database_at_schema
 from station.errors import StorageError
 from station.store import MIGRATIONS, Store, connect
 from station.types import Detection, Removal, Species
@@ -87,10 +86,7 @@ def removal(offset: float, label: str = "Strix aluco_Tawny Owl", score: float = 
 
 def test_a_database_of_schema_6_gains_removals_and_a_run_count(tmp_path):
     path = tmp_path / "old.db"
-    old = sqlite_utils.Database(sqlite3.connect(path, isolation_level=None))
-    for migration in MIGRATIONS[:6]:
-        migration(old)
-    old.execute("PRAGMA user_version=6")
+    old = database_at_schema(path, 6)
     run = old["runs"].insert({"station": "st1", "command": "replay", "started": "s", "status": "stopped"}).last_pk
     old.conn.close()
     store = Store.open(path)
