@@ -53,7 +53,7 @@ def client_id(settings: MqttSettings, topics: Topics, command: str) -> str:
     return base if command == "run" else f"{base}-{command}-{os.getpid()}"
 
 
-def make_client(settings: MqttSettings, topics: Topics, password: str | None, command: str = "run") -> paho.Client:
+def make_client(settings: MqttSettings, topics: Topics, password: str | None, command: str) -> paho.Client:
     """A paho client with identity, last will (the daemon's), credentials, TLS and reconnect backoff set."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id(settings, topics, command))
     if command == "run":
@@ -253,7 +253,7 @@ def check_connection(settings: MqttSettings, topics: Topics, password: str | Non
     """Connect, publish one QoS 1 test message, wait for its acknowledgement; a line to report."""
     result: dict = {}
     done = threading.Event()
-    client = make_client(settings, topics, password)
+    client = make_client(settings, topics, password, "mqtt-test")  # never the daemon's id: it would knock it off
 
     def on_connect(c, userdata, flags, reason_code, properties):
         result["reason"] = reason_code

@@ -84,7 +84,7 @@ def exercise(settings: Settings) -> None:
     _ = [now - timedelta(minutes=m) for m in [al.cooldown_minutes, *al.type_cooldown_minutes.values()]]
 
     topics = Topics(settings.mqtt.topic_prefix, settings.station.id)
-    client = make_client(settings.mqtt, topics, "password")
+    client = make_client(settings.mqtt, topics, "password", "run")
     messages = discovery_messages(topics, settings.mqtt.homeassistant.discovery_prefix, manifest.name)
     for topic in [topics.detections, topics.alert("INFERENCE_BEHIND"), topics.health, *(t for t, _ in messages)]:
         client.publish(topic, "{}", qos=0)  # not connected: only the topic's validity is at stake

@@ -163,9 +163,16 @@ def test_tls_with_a_test_ca(tmp_path):
 
 
 def test_mqtt_test_command_reports_success_and_an_unreachable_broker(broker, tmp_path):
+    Store.open(tmp_path / "daemon.db").close()
+    daemon = MqttService(MqttSettings(enabled=True, port=broker.port), Topics("station", "st1"),
+                         tmp_path / "daemon.db", None)  # the station's own daemon, running meanwhile
+    daemon.start(Supervisor(threading.Event()))
+    assert daemon.connected.wait(10)
     ok = station_cli("mqtt", "test", "--config", str(write_config(tmp_path / "a.yaml", mqtt_config(broker.port))),
                      cwd=tmp_path)
     assert ok.returncode == 0 and f"127.0.0.1:{broker.port}: connected" in ok.stdout
+    assert "already connected" not in broker.log(), "the test connects under a client id of its own"
+    daemon.stop()
     broker.stop()
     down = station_cli("mqtt", "test", "--config", str(write_config(tmp_path / "b.yaml", mqtt_config(broker.port))),
                        cwd=tmp_path)
