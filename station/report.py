@@ -73,8 +73,7 @@ def _write_csv(results, labels, path: Path) -> Path:
 def _write_metrics(metrics: Metrics, path: Path, results: Sequence[FileResult],
                    soundscapes: SoundscapeSummary | None) -> Path:
     data = {"files": metrics.files, "top1": metrics.top1, "top3": metrics.top3,
-            "macro": dict(zip(("precision", "recall", "f1"), metrics.macro)),
-            "weighted": dict(zip(("precision", "recall", "f1"), metrics.weighted)),
+            "macro": _prf(metrics.macro), "weighted": _prf(metrics.weighted),
             "per_class": [asdict(c) for c in metrics.per_class],
             "confusion": {"labels": metrics.labels, "matrix": metrics.confusion.tolist()},
             "removals": _removals(results), "non_bird": _non_bird(results)}
