@@ -309,8 +309,6 @@ def metrics_of(results: Sequence[FileResult], labels: Sequence[Species]) -> Metr
                    [[s.label for s, _ in r.ranking(labels, 3)] for r in evaluable])
 
 
-
-
 @dataclass(frozen=True)
 class SoundscapeSummary:
     """All soundscapes' segments together: figures at the configured threshold and over a sweep."""
