@@ -29,6 +29,7 @@ from .manifest import tool_versions
 from .model_folder import LABELS, Manifest, ModelFolder, write_folder, write_labels
 from .names import DIMA806_SCIENTIFIC, species_from_label, with_scientific_names
 from .optional import require
+from .sources import walk_audio_files
 from .types import Species
 
 log = logging.getLogger(__name__)
@@ -220,8 +221,8 @@ def real_audio_windows(paths: tuple[Path, ...], rate: int, seconds: float) -> Re
     """Up to AGREEMENT_WINDOWS_PER_FILE windows from each recording, spread over it; None without paths."""
     if not paths:
         return None
-    files = sorted(f for p in paths for f in (Path(p).rglob("*") if Path(p).is_dir() else [Path(p)])
-                   if f.suffix.lower() in AUDIO_SUFFIXES)
+    files = sorted(f for p in paths for f in (walk_audio_files(p, set(AUDIO_SUFFIXES))[0] if Path(p).is_dir()
+                                              else [Path(p)]) if f.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise ModelError(f"no recordings ({', '.join(AUDIO_SUFFIXES)}) in {', '.join(map(str, paths))}")
     size = round(rate * seconds)
