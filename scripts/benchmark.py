@@ -8,6 +8,14 @@ recordings) and printed from the manifest.
 
     .venv/bin/python scripts/benchmark.py --sizes tiny,base --seconds 30
 
+It also prints a ceiling: a window's multiply-accumulates (PyTorch's FLOP counter: for
+wav2vec2-base and a 3 s window, 8.1 G in convolutions, 12.7 G in matrix products) at
+onnxruntime's best GEMM rate on this machine (~40 G/s fp32 at 1 thread, which is this AVX2
+CPU's FMA peak at its clock, and ~80 G/s int8). Nothing that does all of that work can be
+faster, so the ratio to the seed's way cannot exceed it (1.4-1.6x fp32, 2.1-2.3x int8 with fp32
+convolutions, at 1 thread here): wav2vec2-base exact and 2.5x faster needs less work per
+window, not faster kernels.
+
 What was tried for wav2vec2-base and left out (random weights, real audio windows, 2-core
 AVX2 machine without VNNI, onnxruntime 1.32), so the next attempt starts from the numbers:
 - Reusing the feature encoder across overlapping windows: only the first convolution's output
@@ -100,6 +108,69 @@ def int8_agreement(folder: Path) -> dict:
             "windows": record.get("windows"), "on": record.get("agreement_on", "synthetic windows")}
 
 
+def window_macs(hf: Path, samples: int) -> dict[str, float]:
+    """Multiply-accumulates (G) of one window's forward pass, split as the int8 variant splits them.
+
+    Counted by PyTorch's FLOP counter on the model itself. Convolutions stay fp32 in the int8
+    variant; matrix products (linear layers, attention) are what it quantises.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoModelForAudioClassification
+
+    model = AutoModelForAudioClassification.from_pretrained(hf).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, samples))
+    by_op = {str(op): flops / 2e9 for op, flops in counter.get_flop_counts()["Global"].items()}
+    conv = sum(g for op, g in by_op.items() if "convolution" in op)
+    return {"conv": conv, "matmul": sum(by_op.values()) - conv}
+
+
+def gemm_rates(threads: int, shapes: list[tuple[int, int, int]]) -> dict[str, float]:
+    """onnxruntime's best multiply-accumulate rate (G/s) on a lone MatMul, fp32 and dynamic int8.
+
+    The best of the shapes: a generous ceiling, so a floor computed from it is a true floor.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng, best = np.random.default_rng(0), {"fp32": 0.0, "int8": 0.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        for m, k, n in shapes:
+            weights = numpy_helper.from_array(rng.standard_normal((k, n), dtype=np.float32), "W")
+            graph = helper.make_graph([helper.make_node("MatMul", ["X", "W"], ["Y"])], "gemm",
+                                      [helper.make_tensor_value_info("X", TensorProto.FLOAT, [m, k])],
+                                      [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [m, n])], [weights])
+            fp32, int8 = Path(tmp) / "gemm.onnx", Path(tmp) / "gemm.int8.onnx"
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+            quantize_dynamic(str(fp32), str(int8), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+            x = rng.standard_normal((m, k), dtype=np.float32)
+            for variant, path in (("fp32", fp32), ("int8", int8)):
+                options = ort.SessionOptions()
+                options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                t, _ = timed(session.run, None, {"X": x}, repeat=20)
+                best[variant] = max(best[variant], m * k * n / t / 1e9)
+    return best
+
+
+def roofline(hf: Path, samples: int, threads: list[int]) -> dict:
+    """The fastest any implementation of these windows could run here, from MACs and GEMM rates."""
+    config = json.loads((hf / "config.json").read_text())
+    frames = samples // int(np.prod(config["conv_stride"]))
+    shapes = [(frames, config["hidden_size"], config["intermediate_size"]), (1024, 1024, 1024)]
+    macs = window_macs(hf, samples)
+    report: dict = {"gmac_per_window": macs}
+    for t in threads:
+        rate = gemm_rates(t, shapes)
+        report[f"{t}t"] = {"gmac_per_s": rate,
+                           "fp32_floor_ms": 1000 * (macs["conv"] + macs["matmul"]) / rate["fp32"],
+                           "int8_floor_ms": 1000 * (macs["conv"] / rate["fp32"] + macs["matmul"] / rate["int8"])}
+    return report
+
+
 def decode(path: Path, seconds: float) -> list[AudioChunk]:
     chunks = []
     for chunk in FileSource(path, chunk_seconds=10.0).chunks(threading.Event()):
@@ -183,6 +254,7 @@ def bench_size(size: str, args) -> dict:
     top1: dict[str, list[str]] = {}
     rounds = args.rounds or (2 if size == "tiny" else 3)
     speedups: dict[str, list[float]] = {}
+    seed_rounds_ms: dict[int, list[float]] = {}
     for threads in args.threads:
         contenders = {f"seed pipeline {threads}t": seed_pipeline(hf, threads)}
         batches = [1, 8] if threads == args.threads[-1] else [1]
@@ -193,6 +265,7 @@ def bench_size(size: str, args) -> dict:
                 contenders[name] = classifier.classify
         seconds, results = interleaved(contenders, windows, rounds)
         seed = seconds.pop(f"seed pipeline {threads}t")
+        seed_rounds_ms[threads] = [1000 * s / n for s in seed]
         report["ms_per_window"][f"seed pipeline {threads}t"] = 1000 * min(seed) / n
         for name, times in seconds.items():
             report["ms_per_window"][name] = 1000 * min(times) / n
@@ -207,6 +280,12 @@ def bench_size(size: str, args) -> dict:
         t_store, _ = timed(detect_and_store, scores, Path(tmp) / "b.db")
     report["ms_per_window"]["detection + store"] = 1000 * t_store / n
     report["int8_top1_agreement_with_fp32"] = int8_agreement(folder)
+    report["roofline"] = roofline(hf, len(windows[0].samples), args.threads)
+    for t in args.threads:  # the ceiling as the speedups are taken: per round, then the median
+        bound = report["roofline"][f"{t}t"]
+        for variant in ("fp32", "int8"):
+            bound[f"{variant}_ceiling_vs_seed"] = float(np.median(
+                [seed_ms / bound[f"{variant}_floor_ms"] for seed_ms in seed_rounds_ms[t]]))
     report["top1_agreement_with_seed"] = {
         v: float(np.mean([a == b for a, b in zip(top1[v], top1["seed"])])) for v in ("fp32", "int8")}
     for variant in ("fp32", "int8"):
@@ -228,6 +307,18 @@ def summarise(report: dict, threads: list[int]) -> None:
             print(f"  {t} thread(s), {variant}: {report['audio_seconds'] / total_s:7.1f} s of audio per second; "
                   f"non-inference share {100 * overhead / (inference + overhead):4.1f}%; "
                   f"inference {speedup(report, f'onnx {variant} {t}t')} than the seed's way")
+    macs = report["roofline"]["gmac_per_window"]
+    print(f"  a window is {macs['conv']:.2f} G multiply-accumulates in convolutions (fp32 in both variants) "
+          f"and {macs['matmul']:.2f} G in matrix products (int8 in the int8 variant)")
+    for t in threads:
+        bound = report["roofline"][f"{t}t"]
+        rate = bound["gmac_per_s"]
+        print(f"  {t} thread(s): onnxruntime's best GEMM here {rate['fp32']:.1f} G/s fp32, {rate['int8']:.1f} G/s int8")
+        for variant in ("fp32", "int8"):
+            floor, ceiling = bound[f"{variant}_floor_ms"], bound[f"{variant}_ceiling_vs_seed"]
+            print(f"    {variant}: all of a window's multiply-accumulates at that rate take {floor:.0f} ms, so "
+                  f"anything that does them all is at most {ceiling:.2f}x faster than the seed's way; "
+                  f"onnx reaches {100 * floor / ms[f'onnx {variant} {t}t']:.0f}% of that")
     for name in [k for k in ms if k.startswith("onnx") and "batch" in k]:
         print(f"  {name}: inference {speedup(report, name)} than the seed's way")
     print(f"  top-1 agreement with the seed's way: {report['top1_agreement_with_seed']}")

@@ -32,6 +32,9 @@ def test_benchmark_replays_and_compares_with_the_notebooks_pipeline(tmp_path, gw
     assert report["int8_top1_agreement_with_fp32"]["on"] == "synthetic windows"  # the session's model: no recordings
     assert "int8 top-1 agreement with fp32 (recorded at export)" in result.stdout
     assert "s of audio per second" in result.stdout and report["replay fp32 1t"]["peak_rss_mb"] > 0
+    macs, bound = report["roofline"]["gmac_per_window"], report["roofline"]["1t"]
+    assert macs["conv"] > 0 and macs["matmul"] > 0 and bound["fp32_floor_ms"] > 0 and bound["int8_floor_ms"] > 0
+    assert "multiply-accumulates at that rate take" in result.stdout
 
 
 @pytest.fixture(scope="module")
