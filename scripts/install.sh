@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install Field Station as a systemd service, from the checkout this script is in.
 #   sudo scripts/install.sh                      install or update (run it again any time: it is idempotent)
+#   sudo scripts/install.sh --lat 42.45 --lon -76.48   also set the station's location (BirdNET's range filter)
 #   sudo scripts/install.sh --uninstall          remove the unit, the code and its venv; keep config and data
 #   sudo scripts/install.sh --uninstall --purge  also remove config, credentials, data, models and the user
 #   scripts/install.sh --prefix DIR [...]        everything under DIR (a scratch root for tests):
@@ -22,6 +23,8 @@ RUNTIME_PACKAGES=(python3-venv libportaudio2 libsndfile1 ffmpeg)
 root=""
 action=install
 purge=no
+lat=""
+lon=""
 
 say() { echo "$NAME: $*"; }
 die() { echo "$NAME: error: $*" >&2; exit 1; }
@@ -33,14 +36,26 @@ parse_args() {
       --prefix=*) root="$(realpath -m "${1#*=}")" ;;
       --uninstall) action=uninstall ;;
       --purge) purge=yes ;;
-      -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      --lat) [[ $# -ge 2 ]] || die "--lat needs a latitude"; lat="$2"; shift ;;
+      --lat=*) lat="${1#*=}" ;;
+      --lon) [[ $# -ge 2 ]] || die "--lon needs a longitude"; lon="$2"; shift ;;
+      --lon=*) lon="${1#*=}" ;;
+      -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown option $1 (see --help)" ;;
     esac
     shift
   done
   [[ "$purge" == no || "$action" == uninstall ]] || die "--purge only goes with --uninstall"
+  [[ -z "$lat$lon" || ( -n "$lat" && -n "$lon" ) ]] || die "--lat and --lon go together"
+  [[ -z "$lat" ]] || in_range "$lat" -90 90 || die "--lat must be a number from -90 to 90, not '$lat'"
+  [[ -z "$lon" ]] || in_range "$lon" -180 180 || die "--lon must be a number from -180 to 180, not '$lon'"
+  [[ -z "$lat" || "$action" == install ]] || die "--lat and --lon go with an install, not --uninstall"
   [[ "$root" != / ]] || root=""
   [[ $(id -u) -eq 0 ]] || die "run as root (sudo $0 $*)"
+}
+
+in_range() {  # VALUE LOW HIGH: a plain decimal number within [LOW, HIGH]
+  [[ "$1" =~ ^-?[0-9]+(\.[0-9]+)?$ ]] && awk -v v="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(v >= lo && v <= hi) }'
 }
 
 # systemd manages the real system only when it runs as PID 1, and never a --prefix root.
@@ -186,6 +201,23 @@ install_config() {
   fi
 }
 
+# Edits the two lines in place (comments and the user's other settings stay), then reads them back.
+set_location() {
+  [[ -n "$lat" ]] || return 0
+  local config="$root$CONFIG_DIR/config.yaml" gid
+  gid="$(account_id group "$NAME")"
+  sed -E -e "s/^(  lat: *)[^ #]+/\\1$lat/" -e "s/^(  lon: *)[^ #]+/\\1$lon/" "$config" > "$config.new"
+  chown "0:$gid" "$config.new"; chmod 0640 "$config.new"
+  if ! "$root$CODE/.venv/bin/python" -c 'import sys; from station.config import load_settings
+where = load_settings(sys.argv[1]).location
+sys.exit((where.lat, where.lon) != (float(sys.argv[2]), float(sys.argv[3])))' "$config.new" "$lat" "$lon" 2>/dev/null; then
+    rm -f "$config.new"
+    die "could not set the location in $CONFIG_DIR/config.yaml: set location.lat and location.lon there by hand"
+  fi
+  mv "$config.new" "$config"
+  say "location: lat $lat, lon $lon in $CONFIG_DIR/config.yaml (it turns on BirdNET's range filter)"
+}
+
 # The first complaint of `station config check` (as ExecStartPre= runs it), or nothing when it passes.
 config_problem() {
   local config="$root$CONFIG_DIR/config.yaml" checked output
@@ -260,6 +292,7 @@ do_install() {
   make_dirs
   copy_models
   install_config
+  set_location
   install_unit
   say_credentials
   say "installed${root:+ under $root}"

@@ -30,15 +30,19 @@ CHECKOUT_PARTS = ("pyproject.toml", "README.md", "config.yaml", "station", "syst
 MAX_EXPOSURE = 2.0
 
 
-def make_model_folder(destination: Path, name: str) -> None:
+def make_model_folder(destination: Path, name: str, range_model: bool = False) -> None:
     """A folder the station accepts (manifest, labels, sha256s); its ONNX bytes are never run here."""
     staging = destination.parent / f".{name}.staging"
     staging.mkdir(parents=True)
     (staging / "model.onnx").write_bytes(b"stands in for a model: the installer only copies it")
+    if range_model:  # as BirdNET's folder has: a location is then a setting the check accepts
+        (staging / "range.onnx").write_bytes(b"stands in for BirdNET's range model")
     (staging / "labels.tsv").write_text("label\tscientific_name\tcommon_name\n"
                                         "Great Tinamou\tTinamus major\tGreat Tinamou\n")
     write_folder(staging, destination, Manifest(name=name, sample_rate=16000, window_seconds=3.0,
-                                                 input_name="input_values", output_name="logits"))
+                                                 input_name="input_values", output_name="logits",
+                                                 range_model={"file": "range.onnx", "input": "x", "output": "y"}
+                                                 if range_model else {}))
 
 
 def make_checkout(where: Path) -> Path:
@@ -50,7 +54,7 @@ def make_checkout(where: Path) -> Path:
             shutil.copytree(source, where / part, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, where / part)
-    make_model_folder(where / "models" / "birdnet-v2.4", "birdnet-v2.4")
+    make_model_folder(where / "models" / "birdnet-v2.4", "birdnet-v2.4", range_model=True)
     make_model_folder(where / "models" / "other", "other")
     (where / "models" / "half-built").mkdir()  # no manifest: not a model folder
     for junk in (".git/HEAD", ".venv/pyvenv.cfg", "data/station.db"):
@@ -249,6 +253,30 @@ def test_bad_options_are_one_line_errors(tmp_path):
     for args in (["--purge"], ["--bogus"]):
         done = run_installer(REPO, tmp_path / "root", *args)
         assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert not (tmp_path / "root").exists()
+
+
+def test_an_install_with_a_location_sets_it_in_the_kept_config(installed):
+    checkout, root, _, _ = installed
+    config = root / CONFIG_DIR / "config.yaml"
+    for lat, lon in (("42.45", "-76.48"), ("-33", "151.2")):  # a first location, then a move
+        done = run_installer(checkout, root, "--lat", lat, "--lon", lon)
+        assert done.returncode == 0, done.stderr + done.stdout
+        assert f"location: lat {lat}, lon {lon}" in done.stdout
+        assert "config: station config check passes" in done.stdout, done.stdout
+        where = load_settings(config).location
+        assert (where.lat, where.lon) == (float(lat), float(lon))
+    text = config.read_text()
+    assert text.endswith("# the user's\n") and "# set both lat and lon to turn it on" in text  # only the values changed
+    assert config.stat().st_mode & 0o777 == 0o640
+
+
+def test_a_bad_location_is_a_one_line_error_before_anything_is_installed(tmp_path):
+    for args in (["--lat", "91", "--lon", "0"], ["--lat", "north", "--lon", "0"], ["--lat", "10"],
+                 ["--lon", "-181", "--lat", "0"], ["--uninstall", "--lat", "1", "--lon", "1"]):
+        done = run_installer(REPO, tmp_path / "root", *args)
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+        assert "--lat" in done.stderr or "--lon" in done.stderr
         assert not (tmp_path / "root").exists()
 
 
