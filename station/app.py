@@ -88,7 +88,8 @@ def run_pipeline(settings: Settings, source, command: str, stop: Event) -> dict:
     if detector.range_filter is None and classifier.folder.manifest.range_model:
         log.warning("no location set: BirdNET's range filter is off, and without it BirdNET takes species of "
                     "other continents for local ones (on the shared soundscapes: precision 46%% without a "
-                    "location, 79%% with, at the same recall); set location.lat and location.lon")
+                    "location, 79%% with, at the same recall); set location.lat and location.lon, or give "
+                    "--lat and --lon")
     store = Store.open(settings.storage.database)
     supervisor = Supervisor(stop)
     mqtt = health = None

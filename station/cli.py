@@ -268,6 +268,11 @@ def _pipeline_options(parser) -> None:
     _config_option(parser)
     parser.add_argument("--model", type=Path, metavar="DIR", help="model folder (overrides model.path)")
     parser.add_argument("--db", type=Path, metavar="FILE", help="database file (overrides storage.database)")
+    parser.add_argument("--lat", type=ranged(float, -90, 90), help="the station's latitude (overrides location.lat)")
+    parser.add_argument("--lon", type=ranged(float, -180, 180),
+                        help="the station's longitude (overrides location.lon)")
+    parser.add_argument("--week", type=ranged(int, 1, 48, also=(-1,)),
+                        help="BirdNET week 1-48, or -1 for the whole year (overrides location.week)")
 
 
 def config_path(args) -> Path | None:
@@ -278,11 +283,14 @@ def config_path(args) -> Path | None:
 
 
 def settings_for(args, path: Path | None = None, require_model: bool = False) -> Settings:
-    """The config (`path`, else --config) with --model/--db, checked for meaning: every problem at once (exit 2)."""
+    """The config (`path`, else --config) with the command line's overrides, checked for meaning: every problem
+    at once (exit 2)."""
     from .config import Override
 
-    flags = [("model.path", "model", "--model"), ("storage.database", "db", "--db")]
-    overrides = [Override(key, getattr(args, name), flag) for key, name, flag in flags if getattr(args, name, None)]
+    flags = [("model.path", "model", "--model"), ("storage.database", "db", "--db"), ("location.lat", "lat", "--lat"),
+             ("location.lon", "lon", "--lon"), ("location.week", "week", "--week")]
+    overrides = [Override(key, getattr(args, name), flag) for key, name, flag in flags
+                 if getattr(args, name, None) is not None]
     settings = load_settings(path or config_path(args), overrides, require_model=require_model)
     updates: dict[str, Any] = {}
     if getattr(args, "device", None) is not None:

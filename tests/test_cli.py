@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO, T0, station_cli
 from helpers import database_at_schema, rows, sealed_model_folder
 from station.alerts import AlertEngine, AlertWriter
-from station.cli import build_parser, main
+from station.cli import build_parser, main, settings_for
 from station.config import AlertSettings
 from station.config_check import ALERT_TYPES
 from station.store import MIGRATIONS, Store
@@ -131,6 +131,8 @@ def test_the_systemd_unit_runs_commands_the_cli_accepts():
     (["model", "species", "--lat", "18", "--lon", "-190"], "--lon: must be between -180 and 180"),
     (["model", "species", "--lat", "18", "--lon", "-66", "--threshold", "1.5"], "--threshold: must be between 0 and 1"),
     (["model", "species", "--lat", "north", "--lon", "-66"], "--lat: 'north' is not a number"),
+    (["run", "--lat", "95", "--lon", "0"], "--lat: must be between -90 and 90, not 95"),
+    (["replay", "x.wav", "--week", "0"], "--week: must be between 1 and 48 or -1, not 0"),
     (["alerts", "--type", "BOGUS"], "unknown alert type 'BOGUS' (known: RARE_SPECIES, NEW_SPECIES"),
     (["alerts", "--limit", "0"], "--limit: must be between 1 and"),
     (["xc", "calibrate", "s.npz", "--precision", "0"], "--precision: must be between 0.01 and 1"),
@@ -140,6 +142,23 @@ def test_bad_options_are_one_line_and_exit_2(argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert done.value.code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_the_location_on_the_command_line_overrides_the_config_and_a_zero_counts(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("location:\n  lat: 18.2\n  lon: -66.5\n  week: 10\n")
+    args = build_parser().parse_args(["replay", "x.wav", "--config", str(config), "--model", str(tmp_path / "none"),
+                                      "--lat", "0", "--lon", "-0.5", "--week", "-1"])
+    where = settings_for(args).location
+    assert (where.lat, where.lon, where.week) == (0.0, -0.5, -1)
+
+
+def test_half_a_location_on_the_command_line_names_the_flag(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("station:\n  id: a\n")
+    code = main(["replay", "x.wav", "--config", str(config), "--lat", "12", "--model", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == f"station: error: {config}: location.lat (--lat): set location.lon too, or neither\n"
 
 
 def test_week_minus_one_and_the_range_edges_are_accepted():
