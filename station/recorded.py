@@ -3,7 +3,9 @@
 The range filter (BirdNET weeks) and NEW_SPECIES go by the recording's date, and a download
 or a copy resets a file's modification time. So the start is taken from, in this order:
 
-1. metadata that libsndfile exposes (wav/flac/ogg/mp3): an AudioMoth comment
+1. metadata: a WAV file's GUANO `Timestamp` (the `guan` chunk Song Meters and bat detectors
+   write, https://github.com/riggsd/guano-py/blob/master/doc/guano_specification.md), then what
+   libsndfile exposes (wav/flac/ogg/mp3): an AudioMoth comment
    ("Recorded at 10:00:00 11/06/2019 (UTC+1) by AudioMoth ..."), a Xeno-Canto comment
    ("... // 05:55h, 2007-06-14 // ..."), or a `date` tag (ICRD, DATE, ID3 TDRC) in ISO form;
 2. the name: AudioMoth `YYYYMMDD_HHMMSS`, SongMeter `PREFIX_YYYYMMDD_HHMMSS`, with `_`, `T`, `-`
@@ -16,17 +18,20 @@ A time of day beats a bare day: the first of 1-3 with a time wins, else the firs
 day (at 00:00). Dates no calendar holds (month 13), years before 1950 and starts more than
 a day in the future are not dates but other numbers, and are passed over.
 
-Time zones: a start that states its zone (AudioMoth's "(UTC+1)", an ISO tag with an offset)
-is converted to UTC. A start without one (every name, Xeno-Canto's local times, tags without
-an offset) is read as UTC. AudioMoth names are UTC by default; SongMeter names are the
-recorder's local time, so their stored times are off by the zone's offset, which moves the
-BirdNET week only for recordings made within hours of a week's edge. The station knows no
-recorder's zone, and guessing the replaying machine's zone would be wrong as often.
+Time zones: a start that states its zone (AudioMoth's "(UTC+1)", GUANO's or an ISO tag's
+offset) is converted to UTC. A start without one (every name, Xeno-Canto's local times, tags
+without an offset) is read as UTC. AudioMoth names are UTC by default; SongMeter names are the
+recorder's local time, so where no GUANO timestamp states the zone their stored times are off by
+the zone's offset, which moves the BirdNET week only for recordings made within hours of a week's
+edge. The station knows no recorder's zone, and guessing the replaying machine's zone would be
+wrong as often.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
+import struct
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -51,6 +56,7 @@ def recording_start(path: Path, duration: float | None, known: date | datetime |
     """The UTC time the recording at `path` (`duration` seconds long) started, by the rules above."""
     path = Path(path)
     finders: list[tuple[str, Callable[[], Found | None]]] = [
+        ("its GUANO metadata", lambda: _iso(guano(path).get("Timestamp", ""))),
         ("its metadata", lambda: time_in_metadata(_metadata(path))),
         ("its name", lambda: time_in_name(path.name)),
         ("the caller", lambda: _given(known)),
@@ -111,6 +117,41 @@ def modified_start(path: Path, duration: float | None) -> datetime:
     except (OverflowError, ValueError, OSError):
         end = datetime.now(timezone.utc)
     return end - timedelta(seconds=duration or 0.0)
+
+
+def guano(path: Path) -> dict[str, str]:
+    """The GUANO fields of a WAV file (`Timestamp`, `Loc Position`, ...); {} if it has none or is no WAV.
+
+    RIFF chunks are walked by their headers (the `data` chunk is skipped, never read); a
+    chunk that claims to run past the end of the file ends the walk.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+                return {}
+            at = 12
+            while at + 8 <= size:
+                f.seek(at)
+                chunk_id, length = struct.unpack("<4sI", f.read(8))
+                if at + 8 + length > size:
+                    return {}
+                if chunk_id == b"guan":
+                    return _guano_fields(f.read(length).decode("utf-8", errors="replace"))
+                at += 8 + length + (length & 1)  # chunks are padded to an even length
+    except OSError:
+        log.debug("%s: no GUANO metadata", path, exc_info=True)
+    return {}
+
+
+def _guano_fields(text: str) -> dict[str, str]:
+    fields = {}
+    for line in text.splitlines():
+        key, colon, value = line.partition(":")
+        if colon and key.strip():
+            fields[key.strip()] = value.strip(" \t\0")
+    return fields
 
 
 def _metadata(path: Path) -> dict[str, str]:

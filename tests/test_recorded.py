@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from station.recorded import date_in_notes, recording_start, time_in_metadata, time_in_name
+from station.recorded import date_in_notes, guano, recording_start, time_in_metadata, time_in_name
 from station.sources import FileSource
 
 RATE = 8000
@@ -124,6 +124,56 @@ def test_a_name_gives_the_start(name, expected):
 ])
 def test_a_name_without_a_plausible_date_gives_none(name):
     assert time_in_name(name) is None
+
+
+# --- GUANO (Song Meters, bat detectors) -------------------------------------------------
+
+GUANO = ("GUANO|Version: 1.0\nMake: Wildlife Acoustics, Inc.\nModel: Song Meter Mini\n"
+         "Timestamp: 2019-06-11T09:30:00-07:00\nLoc Position: 39.30 -120.30\n\nWA|Song Meter|Prefix: BLKFR\n")
+
+
+def with_guano(path: Path, text: str, before_data: bool = False) -> Path:
+    """`path` rewritten with a `guan` chunk holding `text`, after the audio (as recorders write it) or before."""
+    raw = path.read_bytes()
+    chunks, at = [], 12
+    while at < len(raw):
+        length = int.from_bytes(raw[at + 4:at + 8], "little")
+        chunks.append(raw[at:at + 8 + length + (length & 1)])
+        at += 8 + length + (length & 1)
+    body = text.encode()
+    guan = b"guan" + len(body).to_bytes(4, "little") + body + b" " * (len(body) & 1)
+    data = next(i for i, c in enumerate(chunks) if c[:4] == b"data")
+    chunks.insert(data if before_data else len(chunks), guan)
+    riff = b"WAVE" + b"".join(chunks)
+    path.write_bytes(b"RIFF" + len(riff).to_bytes(4, "little") + riff)
+    os.utime(path, (MTIME.timestamp(), MTIME.timestamp()))
+    return path
+
+
+@pytest.mark.parametrize("before_data", [False, True])
+def test_a_guano_timestamp_with_its_zone_beats_the_song_meters_local_name(tmp_path, before_data):
+    path = with_guano(recording(tmp_path, "BLKFR_20190611_093000.wav"), GUANO, before_data)
+    assert guano(path)["Loc Position"] == "39.30 -120.30" and guano(path)["WA|Song Meter|Prefix"] == "BLKFR"
+    assert sf.info(str(path)).frames == round(RATE * SECONDS), "still a WAV libsndfile reads"
+    assert recording_start(path, SECONDS) == utc(2019, 6, 11, 16, 30)  # the name alone says 09:30 UTC
+
+
+def test_guano_beats_an_audiomoth_comment_and_odd_lengths_are_padded(tmp_path):
+    comment = "Recorded at 10:00:00 11/06/2019 (UTC) by AudioMoth"
+    path = with_guano(recording(tmp_path, "a.wav", comment=comment), "Timestamp: 2020-01-02T03:04:05Z\n1")
+    assert len("Timestamp: 2020-01-02T03:04:05Z\n1") % 2 == 1
+    assert recording_start(path, SECONDS) == utc(2020, 1, 2, 3, 4, 5)
+
+
+@pytest.mark.parametrize("damage", ["no timestamp", "not a date", "cut short", "not riff"])
+def test_a_guano_chunk_that_tells_nothing_leaves_the_other_rules(tmp_path, damage):
+    text = {"no timestamp": "GUANO|Version: 1.0\n", "not a date": "Timestamp: soon\n"}.get(damage, GUANO)
+    path = with_guano(recording(tmp_path, "20190611_093000.wav"), text)
+    if damage == "cut short":  # a chunk that claims more bytes than the file holds
+        path.write_bytes(path.read_bytes()[:-20])
+    if damage == "not riff":
+        path.write_bytes(b"RIFX" + path.read_bytes()[4:])
+    assert recording_start(path, SECONDS) == utc(2019, 6, 11, 9, 30)
 
 
 # --- order, the caller's date and the last resort -------------------------------------
