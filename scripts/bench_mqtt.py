@@ -2,9 +2,14 @@
 """MQTT figures against a real Mosquitto on loopback: latency, outbox throughput, backlog drain.
 
 - latency: a recording replayed in real time (0.5 s chunks) through the whole pipeline; for
-  each detection, the time from the end of the first window that heard it to the arrival of
-  its first message at a subscriber (what a user waits for), from the end of its last audio
-  to its final message, and from an outbox row's commit to arrival;
+  each detection, the time from the moment the end of the first window that heard it reached
+  the pipeline to the arrival of its first message at a subscriber (what a user waits for; an
+  event the two-window rule opens arrives one hop later, by design), from its last audio's
+  arrival to its final message, and from an outbox row's commit to arrival. Times are taken
+  from when each chunk was handed to the pipeline, so the start-up (model load, connecting)
+  and the pacing's phase do not count. Run twice: on the recording as it is (44.1 kHz into a
+  16 kHz model: the resampler's look-ahead holds a window's last samples until the next 0.5 s
+  chunk), and resampled beforehand to the model's rate, as a BirdNET station captures at 48 kHz;
 - throughput: 10,000 queued messages sent with the broker up;
 - drain: 10,000 messages queued during an outage, sent once the broker is back.
 
@@ -21,6 +26,9 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+
+import soundfile as sf
+import soxr
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -42,8 +50,35 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+class StampedSource(FileSource):
+    """A file source that notes when each chunk's audio reached the pipeline: (end offset, wall time)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.available: list[tuple[float, float]] = []
+
+    def chunks(self, stop):
+        for chunk in super().chunks(stop):
+            self.available.append((chunk.end_offset, time.time()))
+            yield chunk
+
+    def reached_at(self, offset: float) -> float:
+        """When the audio up to `offset` had reached the pipeline."""
+        return next(wall for end, wall in self.available if end >= offset - 1e-6)
+
+
+def at_model_rate(model: Path, audio: Path, seconds: float, out: Path) -> Path:
+    """The recording's first `seconds` (and a window more), resampled to the model's rate, as a WAV."""
+    rate = json.loads((model / "manifest.json").read_text())["input"]["sample_rate"]
+    samples, original = sf.read(str(audio), frames=-1, dtype="float32", always_2d=True)
+    samples = samples.mean(axis=1)[: round((seconds + 5) * original)]
+    sf.write(str(out), soxr.resample(samples, original, rate, "HQ"), rate)
+    return out
+
+
 def latency(model: Path, audio: Path, seconds: float, workdir: Path) -> dict:
-    broker = Mosquitto(workdir / "b1").start()
+    workdir.mkdir()
+    broker = Mosquitto(workdir).start()
     subscriber = Subscriber(broker.port, "station/bench/detections", client_id="bench-latency")
     first_arrival: dict[str, float] = {}
     last_arrival: dict[str, float] = {}
@@ -64,15 +99,15 @@ def latency(model: Path, audio: Path, seconds: float, workdir: Path) -> dict:
         "mqtt": {"enabled": True, "port": broker.port}, "logging": {"summary_seconds": 3600}})
     stop = threading.Event()
     threading.Timer(seconds, stop.set).start()
-    started = time.time()
-    run_pipeline(settings, FileSource(audio, 0.5, realtime=True), "replay", stop)
+    source = StampedSource(audio, 0.5, realtime=True)
+    run_pipeline(settings, source, "replay", stop)
     time.sleep(1)
     window = json.loads((model / "manifest.json").read_text())["input"]["window_seconds"]
     rows = [r for r in connect(db).query(
         "SELECT d.id, d.start_offset, d.end_offset, min(o.created) AS created FROM detections d JOIN outbox o "
         "ON o.payload LIKE '%' || d.id || '%' WHERE d.status = 'closed' GROUP BY d.id") if r["id"] in first_arrival]
-    first = [first_arrival[r["id"]] - (started + r["start_offset"] + window) for r in rows]
-    final = [last_arrival[r["id"]] - (started + r["end_offset"]) for r in rows]
+    first = [first_arrival[r["id"]] - source.reached_at(r["start_offset"] + window) for r in rows]
+    final = [last_arrival[r["id"]] - source.reached_at(r["end_offset"]) for r in rows]
     committed = [first_arrival[r["id"]] - datetime.fromisoformat(r["created"].replace("Z", "+00:00")).timestamp()
                  for r in rows]
     subscriber.close()
@@ -156,9 +191,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for name in ("b1", "b2"):
-            (work / name).mkdir()
-        figures = {"latency": latency(args.model, args.audio, args.seconds, work)}
+        (work / "b2").mkdir()
+        resampled = at_model_rate(args.model, args.audio, args.seconds, work / "at_model_rate.wav")
+        figures = {"latency": latency(args.model, args.audio, args.seconds, work / "as-recorded"),
+                   "latency_at_the_models_rate": latency(args.model, resampled, args.seconds, work / "at-rate")}
         if not args.only_latency:
             figures.update(throughput=throughput(work, args.messages),
                            drain_after_outage=drain_after_outage(work, args.messages))
