@@ -273,6 +273,7 @@ def _pipeline_options(parser) -> None:
                         help="the station's longitude (overrides location.lon)")
     parser.add_argument("--week", type=ranged(int, 1, 48, also=(-1,)),
                         help="BirdNET week 1-48, or -1 for the whole year (overrides location.week)")
+    parser.set_defaults(location_flags=True)  # `model species` has --lat/--lon of its own: not the config's
 
 
 def config_path(args) -> Path | None:
@@ -287,11 +288,15 @@ def settings_for(args, path: Path | None = None, require_model: bool = False) ->
     at once (exit 2)."""
     from .config import Override
 
-    flags = [("model.path", "model", "--model"), ("storage.database", "db", "--db"), ("location.lat", "lat", "--lat"),
-             ("location.lon", "lon", "--lon"), ("location.week", "week", "--week")]
+    flags = [("model.path", "model", "--model"), ("storage.database", "db", "--db")]
+    if getattr(args, "location_flags", False):
+        flags += [("location.lat", "lat", "--lat"), ("location.lon", "lon", "--lon"),
+                  ("location.week", "week", "--week")]
     overrides = [Override(key, getattr(args, name), flag) for key, name, flag in flags
                  if getattr(args, name, None) is not None]
     settings = load_settings(path or config_path(args), overrides, require_model=require_model)
+    if getattr(args, "location_flags", False) and args.week is not None and not settings.location.enabled:
+        raise ConfigError("--week needs a location: give --lat and --lon, or set location.lat and location.lon")
     updates: dict[str, Any] = {}
     if getattr(args, "device", None) is not None:
         device = int(args.device) if args.device.isdigit() else args.device

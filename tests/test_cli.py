@@ -161,6 +161,22 @@ def test_half_a_location_on_the_command_line_names_the_flag(capsys, tmp_path):
     assert code == 2 and err == f"station: error: {config}: location.lat (--lat): set location.lon too, or neither\n"
 
 
+def test_a_week_without_a_location_is_refused_not_ignored(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("station:\n  id: a\n")
+    code = main(["replay", "x.wav", "--config", str(config), "--week", "20", "--model", str(tmp_path / "none")])
+    err = capsys.readouterr().err
+    assert code == 2 and err == "station: error: --week needs a location: give --lat and --lon, or set " \
+                                "location.lat and location.lon\n"
+
+
+def test_model_species_lat_lon_are_its_own_not_the_configs_location(tmp_path):
+    """A model without a range model is a model error for `model species`, not advice to unset the config's."""
+    model = sealed_model_folder(tmp_path)
+    result = station_cli("model", "species", "--lat", "18", "--lon", "-66", "--model", str(model), cwd=tmp_path)
+    assert result.returncode == 3 and "has no range model" in result.stderr and "--lat" not in result.stderr
+
+
 def test_week_minus_one_and_the_range_edges_are_accepted():
     args = build_parser().parse_args(["model", "species", "--lat", "-90", "--lon", "180", "--week", "-1",
                                       "--threshold", "0"])
