@@ -37,9 +37,9 @@ parse_args() {
       --uninstall) action=uninstall ;;
       --purge) purge=yes ;;
       --lat) [[ $# -ge 2 ]] || die "--lat needs a latitude"; lat="$2"; shift ;;
-      --lat=*) lat="${1#*=}" ;;
+      --lat=*) lat="${1#*=}"; [[ -n "$lat" ]] || die "--lat needs a latitude" ;;
       --lon) [[ $# -ge 2 ]] || die "--lon needs a longitude"; lon="$2"; shift ;;
-      --lon=*) lon="${1#*=}" ;;
+      --lon=*) lon="${1#*=}"; [[ -n "$lon" ]] || die "--lon needs a longitude" ;;
       -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
       *) die "unknown option $1 (see --help)" ;;
     esac
@@ -54,8 +54,8 @@ parse_args() {
   [[ $(id -u) -eq 0 ]] || die "run as root (sudo $0 $*)"
 }
 
-in_range() {  # VALUE LOW HIGH: a plain decimal number within [LOW, HIGH]
-  [[ "$1" =~ ^-?[0-9]+(\.[0-9]+)?$ ]] && awk -v v="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(v >= lo && v <= hi) }'
+in_range() {  # VALUE LOW HIGH: a plain decimal number within [LOW, HIGH] (no leading zero: YAML reads 010 as octal)
+  [[ "$1" =~ ^-?(0|[1-9][0-9]*)(\.[0-9]+)?$ ]] && awk -v v="$1" -v lo="$2" -v hi="$3" 'BEGIN { exit !(v >= lo && v <= hi) }'
 }
 
 # systemd manages the real system only when it runs as PID 1, and never a --prefix root.
@@ -201,18 +201,20 @@ install_config() {
   fi
 }
 
-# Edits the two lines in place (comments and the user's other settings stay), then reads them back.
+# Edits the two values where config.yaml has them (`  lat:` under `location:`, comments kept), reads them
+# back, and only then replaces the file. A config shaped otherwise is left as it is, with a warning.
 set_location() {
   [[ -n "$lat" ]] || return 0
-  local config="$root$CONFIG_DIR/config.yaml" gid
-  gid="$(account_id group "$NAME")"
-  sed -E -e "s/^(  lat: *)[^ #]+/\\1$lat/" -e "s/^(  lon: *)[^ #]+/\\1$lon/" "$config" > "$config.new"
-  chown "0:$gid" "$config.new"; chmod 0640 "$config.new"
+  local config="$root$CONFIG_DIR/config.yaml"
+  sed -E -e "s/^(  lat:) *[^ #]*( +#.*| *)$/\\1 $lat\\2/" -e "s/^(  lon:) *[^ #]*( +#.*| *)$/\\1 $lon\\2/" \
+    "$config" > "$config.new"
+  chown --reference="$config" "$config.new"; chmod --reference="$config" "$config.new"
   if ! "$root$CODE/.venv/bin/python" -c 'import sys; from station.config import load_settings
-where = load_settings(sys.argv[1]).location
+where = load_settings(sys.argv[1], check=False).location
 sys.exit((where.lat, where.lon) != (float(sys.argv[2]), float(sys.argv[3])))' "$config.new" "$lat" "$lon" 2>/dev/null; then
     rm -f "$config.new"
-    die "could not set the location in $CONFIG_DIR/config.yaml: set location.lat and location.lon there by hand"
+    say "location: NOT set: $CONFIG_DIR/config.yaml has no '  lat:' and '  lon:' lines under location: as config.yaml has, or does not load; set location.lat and location.lon there by hand"
+    return 0
   fi
   mv "$config.new" "$config"
   say "location: lat $lat, lon $lon in $CONFIG_DIR/config.yaml (it turns on BirdNET's range filter)"

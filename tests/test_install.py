@@ -269,10 +269,17 @@ def test_an_install_with_a_location_sets_it_in_the_kept_config(installed):
     text = config.read_text()
     assert text.endswith("# the user's\n") and "# set both lat and lon to turn it on" in text  # only the values changed
     assert config.stat().st_mode & 0o777 == 0o640
+    # A kept config without the two lines (here: the location in flow style) is left alone, with a warning.
+    shaped_otherwise = re.sub(r"^location:.*?\n(?=\S)", "location: {lat: 1.5, lon: 2.5}\n", text, flags=re.M | re.S)
+    config.write_text(shaped_otherwise)
+    done = run_installer(checkout, root, "--lat", "10", "--lon", "20")
+    assert done.returncode == 0 and "location: NOT set" in done.stdout, done.stderr + done.stdout
+    assert config.read_text() == shaped_otherwise and "installed under" in done.stdout
 
 
 def test_a_bad_location_is_a_one_line_error_before_anything_is_installed(tmp_path):
     for args in (["--lat", "91", "--lon", "0"], ["--lat", "north", "--lon", "0"], ["--lat", "10"],
+                 ["--lat=", "--lon=1"], ["--lat", "010", "--lon", "1"],
                  ["--lon", "-181", "--lat", "0"], ["--uninstall", "--lat", "1", "--lon", "1"]):
         done = run_installer(REPO, tmp_path / "root", *args)
         assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
