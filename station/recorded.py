@@ -150,7 +150,7 @@ def _guano_fields(text: str) -> dict[str, str]:
     for line in text.splitlines():
         key, colon, value = line.partition(":")
         if colon and key.strip():
-            fields[key.strip()] = value.strip(" \t\0")
+            fields[key.strip()] = value.strip().strip("\0").strip()
     return fields
 
 
@@ -194,7 +194,7 @@ def _iso(text: str) -> Found | None:
     except ValueError:
         pass
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(re.sub(r"[Zz]$", "+00:00", text))
     except ValueError:
         return None
     moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)

@@ -160,8 +160,9 @@ def test_a_guano_timestamp_with_its_zone_beats_the_song_meters_local_name(tmp_pa
 
 def test_guano_beats_an_audiomoth_comment_and_odd_lengths_are_padded(tmp_path):
     comment = "Recorded at 10:00:00 11/06/2019 (UTC) by AudioMoth"
-    path = with_guano(recording(tmp_path, "a.wav", comment=comment), "Timestamp: 2020-01-02T03:04:05Z\n1")
-    assert len("Timestamp: 2020-01-02T03:04:05Z\n1") % 2 == 1
+    text = "Timestamp:\u00a02020-01-02T03:04:05z \0\n12"  # a no-break space, a lower-case zone, a NUL
+    path = with_guano(recording(tmp_path, "a.wav", comment=comment), text)
+    assert len(text.encode()) % 2 == 1
     assert recording_start(path, SECONDS) == utc(2020, 1, 2, 3, 4, 5)
 
 
