@@ -64,7 +64,7 @@ class StampedSource(FileSource):
 
     def reached_at(self, offset: float) -> float:
         """When the audio up to `offset` had reached the pipeline."""
-        return next(wall for end, wall in self.available if end >= offset - 1e-6)
+        return next((wall for end, wall in self.available if end >= offset - 1e-6), self.available[-1][1])
 
 
 def at_model_rate(model: Path, audio: Path, seconds: float, out: Path) -> Path:
