@@ -28,7 +28,6 @@ from datetime import datetime
 from pathlib import Path
 
 import soundfile as sf
-import soxr
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from mosquitto import Mosquitto, Subscriber  # noqa: E402
 from station.app import run_pipeline  # noqa: E402
 from station.config import MqttSettings, Settings  # noqa: E402
+from station.decode import decode_at  # noqa: E402
 from station.messages import Topics  # noqa: E402
 from station.mqtt import MqttService  # noqa: E402
 from station.outbox import backlog, enqueue  # noqa: E402
@@ -68,11 +68,9 @@ class StampedSource(FileSource):
 
 
 def at_model_rate(model: Path, audio: Path, seconds: float, out: Path) -> Path:
-    """The recording's first `seconds` (and a window more), resampled to the model's rate, as a WAV."""
+    """The recording's first `seconds` (and a window more), decoded as the station does, at the model's rate."""
     rate = json.loads((model / "manifest.json").read_text())["input"]["sample_rate"]
-    samples, original = sf.read(str(audio), frames=-1, dtype="float32", always_2d=True)
-    samples = samples.mean(axis=1)[: round((seconds + 5) * original)]
-    sf.write(str(out), soxr.resample(samples, original, rate, "HQ"), rate)
+    sf.write(str(out), decode_at(audio, rate)[: round((seconds + 5) * rate)], rate)
     return out
 
 

@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -166,16 +167,36 @@ def _wav_data_frames(path: Path) -> int | None:
     """Frames the RIFF data chunk's size states; None for the placeholders streaming writers leave."""
     block_align = 0
     with open(path, "rb") as f:
-        if f.read(12)[8:] != b"WAVE":
-            return None
-        while len(header := f.read(8)) == 8:
-            size = int.from_bytes(header[4:], "little")
-            if header[:4] == b"data":
+        for chunk_id, size in wav_chunks(f):
+            if chunk_id == b"data":
                 return size // block_align if block_align and size not in (0, 0xFFFFFFFF) else None
-            body = f.read(min(size, 16)) if header[:4] == b"fmt " else b""
+            body = f.read(min(size, 16)) if chunk_id == b"fmt " else b""
             block_align = int.from_bytes(body[12:14], "little") if len(body) == 16 else block_align
-            f.seek(size + size % 2 - len(body), os.SEEK_CUR)
     return None
+
+
+def wav_chunks(f: BinaryIO) -> Iterator[tuple[bytes, int]]:
+    """A WAVE file's chunks as (id, stated size), `f` at the chunk's body each time; none for other files.
+
+    The caller may read from the body: the walk goes on from where the chunk ends (chunks are
+    padded to an even size), so a data chunk is skipped unread, and one that states more bytes
+    than the file holds ends the walk.
+    """
+    if f.read(12)[8:] != b"WAVE":
+        return
+    while len(header := f.read(8)) == 8:
+        body, size = f.tell(), int.from_bytes(header[4:], "little")
+        yield header[:4], size
+        f.seek(body + size + size % 2)
+
+
+def decode_at(path: Path, rate: int) -> np.ndarray:
+    """A whole recording, mono, at `rate` (soxr HQ where it was recorded at another rate)."""
+    import soxr
+
+    info, blocks = open_audio(path, block_seconds=60.0)
+    audio = np.concatenate(list(blocks))
+    return audio if info.sample_rate == rate else soxr.resample(audio, info.sample_rate, rate, "HQ")
 
 
 def _libsndfile_reason(exc: Exception) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .decode import decode_at
 from .errors import ModelError
 from .inference import normalise
 from .manifest import tool_versions
@@ -229,7 +230,7 @@ def real_audio_windows(paths: tuple[Path, ...], rate: int, seconds: float) -> Re
     windows: list[np.ndarray] = []
     used: list[str] = []
     for f in files:
-        cut = _spread_windows(_decode_at(f, rate), size)
+        cut = _spread_windows(decode_at(f, rate), size)
         windows += cut
         used += [f.name] if cut else []
         if len(windows) >= AGREEMENT_MAX_WINDOWS:
@@ -245,16 +246,6 @@ def _spread_windows(audio: np.ndarray, size: int) -> list[np.ndarray]:
     starts = sorted({int(s) for s in np.linspace(0, len(audio) - size, AGREEMENT_WINDOWS_PER_FILE)})
     # Digital silence normalises to nothing: it has no top-1 to compare.
     return [w for w in (audio[s:s + size] for s in starts) if w.std() > 0]
-
-
-def _decode_at(path: Path, rate: int) -> np.ndarray:
-    import soxr
-
-    from .decode import open_audio
-
-    info, blocks = open_audio(path, block_seconds=60.0)
-    audio = np.concatenate(list(blocks))
-    return audio if info.sample_rate == rate else soxr.resample(audio, info.sample_rate, rate, "HQ")
 
 
 def labels_from_config(config: dict) -> list[Species]:

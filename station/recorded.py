@@ -31,12 +31,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import struct
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import soundfile as sf
+
+from .decode import wav_chunks
 
 log = logging.getLogger(__name__)
 
@@ -122,24 +123,18 @@ def modified_start(path: Path, duration: float | None) -> datetime:
 def guano(path: Path) -> dict[str, str]:
     """The GUANO fields of a WAV file (`Timestamp`, `Loc Position`, ...); {} if it has none or is no WAV.
 
-    RIFF chunks are walked by their headers (the `data` chunk is skipped, never read); a
-    chunk that claims to run past the end of the file ends the walk.
+    Only little-endian RIFF: a RIFX file's sizes would be misread. A `guan` chunk cut short
+    by the end of the file is passed over.
     """
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+            if f.read(4) != b"RIFF":
                 return {}
-            at = 12
-            while at + 8 <= size:
-                f.seek(at)
-                chunk_id, length = struct.unpack("<4sI", f.read(8))
-                if at + 8 + length > size:
-                    return {}
-                if chunk_id == b"guan":
+            f.seek(0)
+            size = os.fstat(f.fileno()).st_size
+            for chunk_id, length in wav_chunks(f):
+                if chunk_id == b"guan" and f.tell() + length <= size:
                     return _guano_fields(f.read(length).decode("utf-8", errors="replace"))
-                at += 8 + length + (length & 1)  # chunks are padded to an even length
     except OSError:
         log.debug("%s: no GUANO metadata", path, exc_info=True)
     return {}
