@@ -288,14 +288,15 @@ def settings_for(args, path: Path | None = None, require_model: bool = False) ->
     at once (exit 2)."""
     from .config import Override
 
+    location_flags = getattr(args, "location_flags", False)
     flags = [("model.path", "model", "--model"), ("storage.database", "db", "--db")]
-    if getattr(args, "location_flags", False):
+    if location_flags:
         flags += [("location.lat", "lat", "--lat"), ("location.lon", "lon", "--lon"),
                   ("location.week", "week", "--week")]
     overrides = [Override(key, getattr(args, name), flag) for key, name, flag in flags
                  if getattr(args, name, None) is not None]
     settings = load_settings(path or config_path(args), overrides, require_model=require_model)
-    if getattr(args, "location_flags", False) and args.week is not None and not settings.location.enabled:
+    if location_flags and args.week is not None and not settings.location.enabled:
         raise ConfigError("--week needs a location: give --lat and --lon, or set location.lat and location.lon")
     updates: dict[str, Any] = {}
     if getattr(args, "device", None) is not None:
